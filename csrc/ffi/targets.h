@@ -1,0 +1,13 @@
+// Every FFI handler symbol, per platform. The Python side registers them under the target names in
+// cpu_module.cc / cuda_module.cc, which are the same on both platforms.
+#pragma once
+
+#include "xla/ffi/api/api.h"
+
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JbmShFwdCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JbmShJvpCpu);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JbmShVjpCpu);
+
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JbmShFwdCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JbmShJvpCuda);
+XLA_FFI_DECLARE_HANDLER_SYMBOL(JbmShVjpCuda);

@@ -1,0 +1,8 @@
+"""jaxbatmobile: fast JAX kernels for equivariant graph neural networks, in e3nn-jax's conventions."""
+
+from jaxbatmobile._src.ffi import build_info
+from jaxbatmobile._src.sh import spherical_harmonics
+from jaxbatmobile._src.tables import SH_MAX_L
+
+__all__ = ["build_info", "spherical_harmonics", "SH_MAX_L"]
+__version__ = "0.1.0"
