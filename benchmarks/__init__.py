@@ -1,0 +1,1 @@
+"""jaxbatmobile benchmarks: our kernels against the peers, same process, same inputs."""

@@ -1,0 +1,48 @@
+"""Entry point: python -m benchmarks [--cpu] [--only sh,tp,...] [--out benchmarks/results]
+
+On a GPU: full sizes, peers included, JSON lines + Markdown table under --out.
+--cpu (or no GPU): small sizes that run in well under a minute, our CPU handlers vs e3nn-jax on XLA:CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import pathlib
+
+import jax
+
+from . import common, sh
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--cpu", action="store_true", help="small sizes on the CPU")
+    ap.add_argument("--only", default="sh", help="comma-separated workload families")
+    ap.add_argument("--out", default=None, help="folder for results.jsonl and results.md")
+    ap.add_argument("--fp64", action="store_true", help="also time float64")
+    args = ap.parse_args()
+
+    jax.config.update("jax_enable_x64", True)
+    on_gpu = jax.default_backend() == "gpu" and not args.cpu
+    if not on_gpu:
+        jax.config.update("jax_platforms", "cpu")
+    bandwidth = common.measure_copy_bandwidth(1 << 30 if on_gpu else 1 << 26)
+    report = common.Report(bandwidth)
+    print(f"# {report.meta}", flush=True)
+    dtypes = ["float32"] + (["float64"] if args.fp64 else [])
+    families = set(args.only.split(","))
+    if "sh" in families:
+        sh.run(report, sizes=[20_000, 2_000_000] if on_gpu else [20_000], dtypes=dtypes)
+
+    md = report.markdown()
+    if args.out:
+        out = pathlib.Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "results.jsonl").write_text(report.jsonl())
+        (out / "results.md").write_text(md)
+    print()
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

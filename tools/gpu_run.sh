@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# One call on the device machine: install peers' wheels, build, test, benchmark. Logs under $OUT.
+# Usage (from the repo root, on the GPU machine): bash tools/gpu_run.sh [pytest args...]
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
+python3 -c "import scikit_build_core, nanobind, jax; print('skbuild', scikit_build_core.__version__, 'nanobind', nanobind.__version__, 'jax', jax.__version__)"
+t0=$(date +%s)
+python3 -m pip install -v --no-build-isolation --no-deps -e . > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
+grep -E "jaxbatmobile: building|spill|stack frame" "$OUT/build.log" | sort | uniq -c | sort -rn | head -8
+echo "build: $(( $(date +%s) - t0 )) s"
+python3 -c "import jaxbatmobile as jb, jax; print(jb.build_info(), jax.devices())"
+python3 -m pytest -q -x tests "$@" 2>&1 | tee "$OUT/pytest.log" | tail -15
