@@ -3,6 +3,13 @@
 from jaxbatmobile._src.ffi import build_info
 from jaxbatmobile._src.sh import spherical_harmonics
 from jaxbatmobile._src.tables import SH_MAX_L
+from jaxbatmobile._src.tensor_product import TensorProduct, channelwise_instructions
 
-__all__ = ["build_info", "spherical_harmonics", "SH_MAX_L"]
+__all__ = [
+    "build_info",
+    "spherical_harmonics",
+    "SH_MAX_L",
+    "TensorProduct",
+    "channelwise_instructions",
+]
 __version__ = "0.1.0"

@@ -14,6 +14,7 @@ NB_MODULE(_cpu, m) {
     d["jbm_sh_fwd"] = jbm::handler_capsule(JbmShFwdCpu);
     d["jbm_sh_jvp"] = jbm::handler_capsule(JbmShJvpCpu);
     d["jbm_sh_vjp"] = jbm::handler_capsule(JbmShVjpCpu);
+    d["jbm_tp"] = jbm::handler_capsule(JbmTpCpu);
     return d;
   });
   m.def("build_info", []() {

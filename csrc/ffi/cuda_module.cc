@@ -14,6 +14,7 @@ NB_MODULE(_cuda, m) {
     d["jbm_sh_fwd"] = jbm::handler_capsule(JbmShFwdCuda);
     d["jbm_sh_jvp"] = jbm::handler_capsule(JbmShJvpCuda);
     d["jbm_sh_vjp"] = jbm::handler_capsule(JbmShVjpCuda);
+    d["jbm_tp"] = jbm::handler_capsule(JbmTpCuda);
     return d;
   });
   m.def("build_info", []() {

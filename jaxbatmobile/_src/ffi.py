@@ -46,15 +46,19 @@ def define_impl(primitive) -> None:
 
 
 def register_lowering(primitive, target: str, attributes) -> None:
-    """Lower ``primitive`` to the FFI custom call ``target`` on CPU and CUDA.
-
-    ``attributes(**params)`` turns the primitive's parameters into the handler's named attributes
-    (numpy scalars, so that their MLIR types match what the C++ binds).
-    """
+    """Lower ``primitive`` to the FFI custom call ``target``, attributes from its parameters."""
 
     def rule(ctx, *args, **params):
         return jax.ffi.ffi_lowering(target)(ctx, *args, **attributes(**params))
 
+    register_lowering_rule(primitive, rule, target)
+
+
+def register_lowering_rule(primitive, rule, target: str = "jbm") -> None:
+    """Register ``rule`` as the lowering of ``primitive`` on CPU and (if built) CUDA.
+
+    Attributes are numpy scalars, so that their MLIR types match what the C++ handlers bind.
+    """
     mlir.register_lowering(primitive, rule, platform="cpu")
     if _cuda is not None:
         mlir.register_lowering(primitive, rule, platform="cuda")

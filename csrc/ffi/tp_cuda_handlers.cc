@@ -1,0 +1,43 @@
+// XLA FFI handler for the tensor product on CUDA: validate, dispatch the dtype, launch, check.
+#include <cuda_runtime_api.h>
+
+#include "cuda/tp_kernels.h"
+#include "ffi/targets.h"
+#include "ffi/tp_problem.h"
+
+namespace ffi = xla::ffi;
+
+namespace jbm {
+namespace {
+
+template <typename T>
+cudaError_t run(cudaStream_t s, const core::TpCall& c, const TpBuffers& bufs, const ffi::AnyBuffer& paths,
+                const ffi::AnyBuffer& cg_ijk, const ffi::AnyBuffer& cg_c, ffi::AnyBuffer& out) {
+  const T* ops[4];
+  for (int k = 0; k < 4; ++k) ops[k] = bufs.ops[k] ? static_cast<const T*>(bufs.ops[k]->untyped_data()) : nullptr;
+  return cuda::launch_tp<T>(s, c, static_cast<const core::TpPath*>(paths.untyped_data()),
+                            static_cast<const int32_t*>(cg_ijk.untyped_data()),
+                            static_cast<const T*>(cg_c.untyped_data()), ops, static_cast<T*>(out.untyped_data()));
+}
+
+ffi::Error tp_cuda(cudaStream_t stream, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer c, ffi::AnyBuffer paths,
+                   ffi::AnyBuffer cg_ijk, ffi::AnyBuffer cg_c, ffi::Result<ffi::AnyBuffer> out, int32_t slot,
+                   int32_t shared_w, int32_t dim_x, int32_t dim_y, int32_t dim_z, int32_t num_w,
+                   int64_t num_items) {
+  TpBuffers bufs;
+  auto call = check_tp(a, b, c, paths, cg_ijk, cg_c, *out, slot, shared_w, dim_x, dim_y, dim_z, num_w, num_items,
+                       &bufs);
+  if (call.has_error()) return call.error();
+  const cudaError_t err = a.element_type() == ffi::DataType::F32
+                              ? run<float>(stream, *call, bufs, paths, cg_ijk, cg_c, *out)
+                              : run<double>(stream, *call, bufs, paths, cg_ijk, cg_c, *out);
+  if (err != cudaSuccess)
+    return ffi::Error::Internal(ffi_util::str(kTpOp, " kernel launch failed: ", cudaGetErrorString(err)));
+  return ffi::Error::Success();
+}
+
+}  // namespace
+}  // namespace jbm
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JbmTpCuda, jbm::tp_cuda,
+                              ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>() JBM_TP_BIND);

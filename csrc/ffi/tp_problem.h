@@ -1,0 +1,101 @@
+// Validation of a tensor-product call, shared by the CPU and CUDA handlers.
+//
+// Operands: the three slots other than the output slot, in slot order (x, y, w, z), then the problem
+// tables: paths int32[P, 14], cg_ijk int32[E, 3], cg_c T[E]. Attributes: slot, shared_w, widths.
+#pragma once
+
+#include <array>
+
+#include "core/tp.h"
+#include "ffi/common.h"
+
+namespace jbm {
+
+inline constexpr const char* kTpOp = "jbm_tp";
+
+struct TpBuffers {
+  std::array<const xla::ffi::AnyBuffer*, 4> ops{};  // by slot; nullptr for the output slot
+};
+
+inline xla::ffi::ErrorOr<core::TpCall> check_tp(const xla::ffi::AnyBuffer& a, const xla::ffi::AnyBuffer& b,
+                                                const xla::ffi::AnyBuffer& c, const xla::ffi::AnyBuffer& paths,
+                                                const xla::ffi::AnyBuffer& cg_ijk, const xla::ffi::AnyBuffer& cg_c,
+                                                const xla::ffi::AnyBuffer& out, int32_t slot, int32_t shared_w,
+                                                int32_t dim_x, int32_t dim_y, int32_t dim_z, int32_t num_w,
+                                                int64_t num_items, TpBuffers* bufs) {
+  using ffi_util::reject;
+  namespace ffi = xla::ffi;
+  if (slot < 0 || slot > 3) return reject("slot of ", kTpOp, " must be in [0, 3], got ", slot);
+  const char* names[4] = {"x", "y", "weights", "z"};
+  const ffi::AnyBuffer* in[3] = {&a, &b, &c};
+  for (int s = 0, k = 0; s < 4; ++s) bufs->ops[s] = s == slot ? nullptr : in[k++];
+  const ffi::DataType dt = a.element_type();
+  if (!ffi_util::is_supported_float(dt))
+    return reject("operands of ", kTpOp, " must be float32 or float64, got ", ffi_util::dtype_name(dt));
+  for (int s = 0; s < 4; ++s) {
+    const ffi::AnyBuffer* buf = s == slot ? &out : bufs->ops[s];
+    if (buf->element_type() != dt)
+      return reject(names[s], " of ", kTpOp, " has dtype ", ffi_util::dtype_name(buf->element_type()),
+                    ", expected ", ffi_util::dtype_name(dt));
+  }
+  if (cg_c.element_type() != dt) return reject("CG coefficients of ", kTpOp, " must have the operands' dtype");
+  if (paths.element_type() != ffi::DataType::S32 || cg_ijk.element_type() != ffi::DataType::S32)
+    return reject("path and CG index tables of ", kTpOp, " must be int32");
+  if (paths.element_count() % core::kTpPathFields != 0)
+    return reject("path table of ", kTpOp, " must have ", core::kTpPathFields, " columns");
+  const int64_t num_cg = static_cast<int64_t>(cg_c.element_count());
+  if (static_cast<int64_t>(cg_ijk.element_count()) != 3 * num_cg)
+    return reject("CG index table of ", kTpOp, " must have 3 columns and one row per coefficient");
+  if (dim_x <= 0 || dim_y <= 0 || dim_z <= 0 || num_w < 0 || num_items < 0)
+    return reject("invalid operand widths for ", kTpOp);
+
+  core::TpCall call{static_cast<core::TpSlot>(slot), 0,
+                    static_cast<int32_t>(paths.element_count() / core::kTpPathFields), num_items,
+                    dim_x, dim_y, dim_z, num_w, shared_w != 0};
+  const int64_t widths[4] = {dim_x, dim_y, num_w, dim_z};
+  // Rows come from x (or y when x is the output).
+  const int rows_slot = slot == 0 ? 1 : 0;
+  call.rows = static_cast<int64_t>(bufs->ops[rows_slot]->element_count()) / widths[rows_slot];
+  for (int s = 0; s < 4; ++s) {
+    const ffi::AnyBuffer* buf = s == slot ? &out : bufs->ops[s];
+    const bool shared = s == 2 && call.shared_w;
+    const int64_t expected = shared ? num_w : call.rows * widths[s];
+    if (static_cast<int64_t>(buf->element_count()) != expected)
+      return reject("invalid size of ", names[s], s == slot ? " (output)" : "", " for ", kTpOp, ": expected ",
+                    expected, " elements, got ", buf->element_count());
+  }
+  return call;
+}
+
+// Checks the path table against the widths (CPU only: on the GPU the table lives in device memory and
+// comes from our own Python code, which the CPU tests check through this function).
+inline xla::ffi::Error check_tp_paths(const core::TpCall& c, const core::TpPath* paths, const int32_t* cg_ijk,
+                                      int64_t num_cg) {
+  int64_t items = 0;
+  for (int32_t i = 0; i < c.num_paths; ++i) {
+    const core::TpPath& p = paths[i];
+    const bool ok =
+        (p.mode == 0 || p.mode == 1) && p.mul1 > 0 && p.mul2 > 0 && p.mul_out > 0 &&
+        p.off1 >= 0 && p.off1 + int64_t(p.mul1) * p.dim1 <= c.dim_x &&
+        p.off2 >= 0 && p.off2 + int64_t(p.mul2) * p.dim2 <= c.dim_y &&
+        p.off_out >= 0 && p.off_out + int64_t(p.mode == 0 ? p.mul1 : p.mul_out) * p.dim_out <= c.dim_z &&
+        (p.off_w < 0 || p.off_w + core::tp_path_items(p) <= c.num_w) && p.cg_begin >= 0 &&
+        p.cg_begin <= p.cg_end && p.cg_end <= num_cg && p.item_begin == items;
+    if (!ok) return ffi_util::invalid("path ", i, " of ", kTpOp, " does not fit the operand widths");
+    for (int32_t e = p.cg_begin; e < p.cg_end; ++e)
+      if (cg_ijk[3 * e] < 0 || cg_ijk[3 * e] >= p.dim1 || cg_ijk[3 * e + 1] < 0 || cg_ijk[3 * e + 1] >= p.dim2 ||
+          cg_ijk[3 * e + 2] < 0 || cg_ijk[3 * e + 2] >= p.dim_out)
+        return ffi_util::invalid("CG entry ", e, " of ", kTpOp, " is out of range");
+    items += core::tp_path_items(p);
+  }
+  if (items != c.num_items) return ffi_util::invalid("item count of ", kTpOp, " does not match its paths");
+  return xla::ffi::Error::Success();
+}
+
+}  // namespace jbm
+
+#define JBM_TP_BIND                                                                                \
+  .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()         \
+      .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()                            \
+      .Attr<int32_t>("slot").Attr<int32_t>("shared_w").Attr<int32_t>("dim_x").Attr<int32_t>("dim_y") \
+      .Attr<int32_t>("dim_z").Attr<int32_t>("num_w").Attr<int64_t>("num_items")

@@ -1,0 +1,317 @@
+"""Clebsch-Gordan tensor products as one jax primitive, with every derivative on the same kernels.
+
+The weighted TP is the 4-linear form ``T(x, y, w, z) = Σ c·x·y·w·z`` (csrc/core/tp.h). The primitive
+``tp_p`` takes three of the four operands and returns the gradient of ``T`` with respect to the fourth
+(the *slot*): slot z is the forward product ``z = TP(x, y; w)``; slots x, y and w are its transposes.
+Hence:
+
+* JVP: ``T`` is linear in each operand, so the tangent is the sum of the same call with one operand
+  replaced by its tangent (symbolic zeros skipped);
+* transpose with respect to operand t, given the cotangent of the output slot s: the same primitive
+  with slot t, the cotangent taking slot s's place.
+
+Every derivative of every order is therefore a ``tp_p`` call (cuEquivariance's idea), so grad-of-grad
+(force training) runs on our kernels.
+
+Conventions, normalisation and the flat weight layout are those of
+``e3nn_jax.legacy.FunctionalTensorProduct``: we build one to read its normalised path weights, and
+take the real CG coefficients from ``e3nn_jax.clebsch_gordan``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Sequence
+
+import e3nn_jax as e3nn
+import e3nn_jax.legacy
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.extend.core import Primitive
+from jax.interpreters import ad, batching
+
+from jaxbatmobile._src import ffi
+
+SLOT_X, SLOT_Y, SLOT_W, SLOT_Z = 0, 1, 2, 3
+_SLOT_NAMES = ("x", "y", "weights", "output")
+_MODES = {"uvu": 0, "uvw": 1}
+_PATH_FIELDS = 14  # csrc/core/tp.h, TpPath
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Tables:
+    """Problem tables handed to the kernels (identity-hashed: one per TensorProduct)."""
+
+    paths: np.ndarray  # int32 [P, 14]
+    cg_ijk: np.ndarray  # int32 [E, 3]
+    cg_coef: np.ndarray  # float64 [E]
+    num_items: int
+    dims: tuple  # (dim_x, dim_y, dim_z, num_w)
+
+
+class TensorProduct:
+    """A weighted Clebsch-Gordan tensor product, equal to ``e3nn_jax.legacy.FunctionalTensorProduct``.
+
+    Args:
+        irreps_in1, irreps_in2, irreps_out: ``e3nn_jax.Irreps`` or strings.
+        instructions: ``(i_in1, i_in2, i_out, mode, has_weight[, path_weight])`` with mode ``"uvu"``
+            (channelwise: MACE, NequIP) or ``"uvw"`` (fully connected); see
+            :func:`channelwise_instructions` for the usual uvu list.
+        irrep_normalization, path_normalization, gradient_normalization: as in e3nn-jax
+            (defaults from ``e3nn_jax.config``).
+
+    Call ``tp(x, y, weights)`` with ``x [..., irreps_in1.dim]``, ``y [..., irreps_in2.dim]`` and weights
+    either shared ``[weight_numel]`` or one row per batch row ``[..., weight_numel]``, laid out as
+    e3nn-jax's flat weight vector (the weighted instructions' weights concatenated in order).
+    """
+
+    def __init__(self, irreps_in1, irreps_in2, irreps_out, instructions: Sequence[tuple], *,
+                 irrep_normalization: str | None = None, path_normalization=None,
+                 gradient_normalization=None):
+        self.irreps_in1 = e3nn.Irreps(irreps_in1)
+        self.irreps_in2 = e3nn.Irreps(irreps_in2)
+        self.irreps_out = e3nn.Irreps(irreps_out)
+        instructions = [tuple(ins) for ins in instructions]
+        _check_instructions(self.irreps_in1, self.irreps_in2, self.irreps_out, instructions)
+        self.e3nn = e3nn.legacy.FunctionalTensorProduct(
+            self.irreps_in1, self.irreps_in2, self.irreps_out, instructions,
+            irrep_normalization=irrep_normalization, path_normalization=path_normalization,
+            gradient_normalization=gradient_normalization)
+        self.instructions = self.e3nn.instructions
+        self.weight_numel = sum(int(np.prod(i.path_shape)) for i in self.instructions if i.has_weight)
+        self._tables = _build_tables(self)
+
+    def __repr__(self):
+        return (f"TensorProduct({self.irreps_in1} x {self.irreps_in2} -> {self.irreps_out}, "
+                f"{len(self.instructions)} paths, {self.weight_numel} weights)")
+
+    def __call__(self, x, y, weights, *, shared_weights: bool | None = None) -> jax.Array:
+        x, y, weights, shared = _check_call(self, x, y, weights, shared_weights)
+        batch = jnp.broadcast_shapes(x.shape[:-1], y.shape[:-1], () if shared else weights.shape[:-1])
+        x = jnp.broadcast_to(x, batch + x.shape[-1:])
+        y = jnp.broadcast_to(y, batch + y.shape[-1:])
+        if not shared:
+            weights = jnp.broadcast_to(weights, batch + weights.shape[-1:])
+        return _bind(self._tables, SLOT_Z, shared, x, y, weights)
+
+
+def channelwise_instructions(irreps_in1, irreps_in2, irreps_out) -> list[tuple]:
+    """Every valid uvu path (one weight per channel and path): MACE/NequIP's convolution TP.
+
+    A path ``(i1, i2, io)`` is valid when ``irreps_out[io]`` is in ``ir1 ⊗ ir2`` (parity included) and has
+    the multiplicity of ``irreps_in1[i1]``.
+    """
+    irreps_in1, irreps_in2, irreps_out = e3nn.Irreps(irreps_in1), e3nn.Irreps(irreps_in2), e3nn.Irreps(irreps_out)
+    return [
+        (i1, i2, io, "uvu", True)
+        for i1, (mul1, ir1) in enumerate(irreps_in1)
+        for i2, (_, ir2) in enumerate(irreps_in2)
+        for io, (mulo, iro) in enumerate(irreps_out)
+        if iro in ir1 * ir2 and mulo == mul1
+    ]
+
+
+def _check_instructions(in1, in2, out, instructions):
+    for n, ins in enumerate(instructions):
+        if len(ins) not in (5, 6):
+            raise ValueError(f"TensorProduct: instruction {n} must be (i_in1, i_in2, i_out, mode, has_weight"
+                             f"[, path_weight]), got {ins!r}")
+        i1, i2, io, mode, has_weight = ins[:5]
+        for i, irreps, name in ((i1, in1, "irreps_in1"), (i2, in2, "irreps_in2"), (io, out, "irreps_out")):
+            if not isinstance(i, (int, np.integer)) or not 0 <= i < len(irreps):
+                raise ValueError(f"TensorProduct: instruction {n} indexes {name}[{i}], which has {len(irreps)} entries")
+        if mode not in _MODES:
+            raise ValueError(f"TensorProduct: instruction {n} has mode {mode!r}; supported: 'uvu', 'uvw'")
+        (mul1, ir1), (mul2, ir2), (mulo, iro) = in1[i1], in2[i2], out[io]
+        if iro not in ir1 * ir2:
+            raise ValueError(f"TensorProduct: instruction {n}: {iro} is not in {ir1} x {ir2} "
+                             "(degree or parity selection rule)")
+        if mode == "uvu" and mulo != mul1:
+            raise ValueError(f"TensorProduct: instruction {n} is uvu, so irreps_out[{io}] needs multiplicity "
+                             f"{mul1} (that of irreps_in1[{i1}]), got {mulo}")
+        if mode == "uvw" and not has_weight:
+            raise ValueError(f"TensorProduct: instruction {n}: uvw paths must have weights")
+
+
+def _build_tables(tp: TensorProduct) -> _Tables:
+    off1, off2, offo = (np.concatenate([[0], np.cumsum([m.dim for m in irreps])]).astype(int)
+                        for irreps in (tp.irreps_in1, tp.irreps_in2, tp.irreps_out))
+    paths, ijk, coef = [], [], []
+    off_w = item = 0
+    for ins in tp.instructions:
+        (mul1, ir1), (mul2, ir2), (mulo, iro) = tp.irreps_in1[ins.i_in1], tp.irreps_in2[ins.i_in2], tp.irreps_out[ins.i_out]
+        n_w = int(np.prod(ins.path_shape)) if ins.has_weight else 0
+        if mul1 == 0 or mul2 == 0 or mulo == 0 or ins.path_weight == 0:
+            off_w += n_w
+            continue
+        cg = np.asarray(e3nn.clebsch_gordan(ir1.l, ir2.l, iro.l), dtype=np.float64) * ins.path_weight
+        nz = np.argwhere(np.abs(cg) > 1e-14)
+        begin = len(coef)
+        ijk.extend(nz.tolist())
+        coef.extend(cg[tuple(nz.T)].tolist())
+        mode = _MODES[ins.connection_mode]
+        paths.append([mode, mul1, mul2, mulo, off1[ins.i_in1], off2[ins.i_in2], offo[ins.i_out],
+                      off_w if ins.has_weight else -1, ir1.dim, ir2.dim, iro.dim, begin, len(coef), item])
+        item += mul1 * mul2 * (mulo if mode == _MODES["uvw"] else 1)
+        off_w += n_w
+    assert off_w == tp.weight_numel
+    if item >= 2**31:
+        raise ValueError(f"TensorProduct: {item} work items per row is more than the kernels support")
+    return _Tables(
+        paths=np.asarray(paths, np.int32).reshape(-1, _PATH_FIELDS),
+        cg_ijk=np.asarray(ijk, np.int32).reshape(-1, 3),
+        cg_coef=np.asarray(coef, np.float64),
+        num_items=item,
+        dims=(tp.irreps_in1.dim, tp.irreps_in2.dim, tp.irreps_out.dim, tp.weight_numel),
+    )
+
+
+def _check_call(tp, x, y, w, shared_weights):
+    arrays = []
+    for name, a in (("x", x), ("y", y), ("weights", w)):
+        a = a if hasattr(a, "dtype") else jnp.asarray(a)
+        if jnp.dtype(a.dtype) not in (jnp.float32, jnp.float64):
+            raise TypeError(f"TensorProduct: `{name}` must be float32 or float64, got {a.dtype}")
+        if a.ndim < 1:
+            raise ValueError(f"TensorProduct: `{name}` must have at least one dimension")
+        arrays.append(a)
+    x, y, w = arrays
+    if not x.dtype == y.dtype == w.dtype:
+        raise TypeError(f"TensorProduct: `x`, `y` and `weights` must share one dtype, got {x.dtype}, {y.dtype}, {w.dtype}")
+    for name, a, dim, irreps in (("x", x, tp.irreps_in1.dim, tp.irreps_in1), ("y", y, tp.irreps_in2.dim, tp.irreps_in2)):
+        if a.shape[-1] != dim:
+            raise ValueError(f"TensorProduct: `{name}` must have shape [..., {dim}] ({irreps}), got {tuple(a.shape)}")
+    if w.shape[-1] != tp.weight_numel:
+        raise ValueError(f"TensorProduct: `weights` must have shape [..., {tp.weight_numel}] (weight_numel), "
+                         f"got {tuple(w.shape)}")
+    if shared_weights is None:
+        shared_weights = w.ndim == 1 and max(x.ndim, y.ndim) > 1
+    if shared_weights and w.ndim != 1:
+        raise ValueError(f"TensorProduct: shared `weights` must have shape [{tp.weight_numel}], got {tuple(w.shape)}")
+    try:
+        jnp.broadcast_shapes(x.shape[:-1], y.shape[:-1], () if shared_weights else w.shape[:-1])
+    except ValueError:
+        raise ValueError(f"TensorProduct: batch shapes of `x` {x.shape[:-1]}, `y` {y.shape[:-1]} and "
+                         f"`weights` {w.shape[:-1]} do not broadcast") from None
+    return x, y, w, bool(shared_weights)
+
+
+# ---- the primitive -------------------------------------------------------------------------------
+
+tp_p = Primitive("jbm_tensor_product")
+
+
+def _bind(tables: _Tables, slot: int, shared: bool, *operands_by_slot):
+    """``operands_by_slot``: the three operands other than ``slot``, in slot order."""
+    return tp_p.bind(*operands_by_slot, tables=tables, slot=slot, shared=shared)
+
+
+def _slots_of(slot):
+    return [s for s in range(4) if s != slot]
+
+
+def _width(tables, s):
+    return tables.dims[(0, 1, 3, 2)[s]]  # dims are (x, y, z, w)
+
+
+def _abstract(*ops, tables, slot, shared):
+    slots = _slots_of(slot)
+    dtype = ops[0].dtype
+    batch = None
+    for s, op in zip(slots, ops):
+        if op.dtype != dtype:
+            raise TypeError(f"tensor product operands must share a dtype, got {op.dtype} and {dtype}")
+        if not (s == SLOT_W and shared):
+            batch = op.shape[:-1]
+    if slot == SLOT_W and shared:
+        return jax.core.ShapedArray((_width(tables, slot),), dtype)
+    return jax.core.ShapedArray(batch + (_width(tables, slot),), dtype)
+
+
+tp_p.def_abstract_eval(_abstract)
+ffi.define_impl(tp_p)
+
+
+def _lowering(ctx, a, b, c, *, tables, slot, shared):
+    dtype = ctx.avals_in[0].dtype
+    consts = [jnp.asarray(tables.paths), jnp.asarray(tables.cg_ijk), jnp.asarray(tables.cg_coef.astype(dtype))]
+    dim_x, dim_y, dim_z, num_w = tables.dims
+
+    def call(a, b, c, paths, cg_ijk, cg_coef):
+        return jax.ffi.ffi_call("jbm_tp", jax.ShapeDtypeStruct(ctx.avals_out[0].shape, dtype))(
+            a, b, c, paths, cg_ijk, cg_coef, slot=np.int32(slot), shared_w=np.int32(shared),
+            dim_x=np.int32(dim_x), dim_y=np.int32(dim_y), dim_z=np.int32(dim_z), num_w=np.int32(num_w),
+            num_items=np.int64(tables.num_items))
+
+    from jax.interpreters import mlir
+
+    return mlir.lower_fun(lambda a, b, c: [call(a, b, c, *consts)], multiple_results=True)(ctx, a, b, c)
+
+
+ffi.register_lowering_rule(tp_p, _lowering, "jbm_tp")
+
+
+def _jvp_in(k):
+    """Tangent from operand k: the same call with operand k replaced by its tangent."""
+
+    def rule(t, *ops, tables, slot, shared):
+        ops = list(ops)
+        ops[k] = t
+        return tp_p.bind(*ops, tables=tables, slot=slot, shared=shared)
+
+    return rule
+
+
+ad.defjvp(tp_p, _jvp_in(0), _jvp_in(1), _jvp_in(2))
+
+
+def _transpose(ct, *ops, tables, slot, shared):
+    slots = _slots_of(slot)
+    undefined = [k for k, op in enumerate(ops) if ad.is_undefined_primal(op)]
+    if len(undefined) != 1:
+        raise ValueError("the tensor product is multilinear: transpose needs exactly one unknown operand")
+    (k,) = undefined
+    target = slots[k]
+    if type(ct) is ad.Zero:
+        result = ad.Zero(ops[k].aval)
+    else:
+        by_slot = {s: op for s, op in zip(slots, ops)}
+        by_slot[slot] = ct
+        del by_slot[target]
+        result = tp_p.bind(*[by_slot[s] for s in _slots_of(target)], tables=tables, slot=target, shared=shared)
+    return [result if j == k else None for j in range(3)]
+
+
+ad.primitive_transposes[tp_p] = _transpose
+
+
+def _batch(args, dims, *, tables, slot, shared):
+    slots = _slots_of(slot)
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    w_batched = any(s == SLOT_W and d is not None for s, d in zip(slots, dims))
+    # A vmapped shared weight vector becomes one weight row per batch element: per-row weights.
+    new_shared = shared and not w_batched and not (slot == SLOT_W)
+    per_row_out_w = slot == SLOT_W and shared  # gradient of shared weights, per vmapped element
+    row_shape = None
+    for s, a, d in zip(slots, args, dims):
+        if not (s == SLOT_W and shared):
+            row_shape = (a.shape[:d] + a.shape[d + 1:])[:-1] if d is not None else a.shape[:-1]
+    new_args = []
+    for s, a, d in zip(slots, args, dims):
+        a = jnp.moveaxis(a, d, 0) if d is not None else a[None]
+        if s == SLOT_W and shared and not new_shared:
+            a = jnp.broadcast_to(a.reshape((a.shape[0],) + (1,) * len(row_shape) + a.shape[-1:]),
+                                 (size,) + row_shape + a.shape[-1:])
+        elif not (s == SLOT_W and new_shared):
+            a = jnp.broadcast_to(a, (size,) + a.shape[1:])
+        else:
+            a = a[0]
+        new_args.append(a)
+    out = tp_p.bind(*new_args, tables=tables, slot=slot, shared=new_shared)
+    if per_row_out_w:
+        out = out.reshape((size, -1, out.shape[-1])).sum(axis=1)
+    return out, 0
+
+
+batching.primitive_batchers[tp_p] = _batch
