@@ -8,7 +8,9 @@
 // (csrc/../jaxbatmobile/_src/tensor_product.py wires them).
 //
 // A problem is a table of paths (TpPath) and a list of CG entries with the path's normalisation folded
-// into the coefficient. A path's work is split into independent "items" (one (u, v) pair for uvu, one
+// into the coefficient. Paths without weights contribute c·x·y·z: that part does not depend on w, so a
+// call whose w operand is a tangent (not the weights) must leave it out (TpCall::with_unweighted).
+// A path's work is split into independent "items" (one (u, v) pair for uvu, one
 // (u, v, w) triple for uvw); an item adds its contributions through a caller-supplied `add(index, value)`
 // so that the CPU loop and the CUDA kernel share this code.
 #pragma once
@@ -41,8 +43,8 @@ JBM_HD int64_t tp_path_items(const TpPath& p) {
 // Contributions of one item of path `p` to the operand in slot SLOT. `cg_ijk` holds 3 ints per entry.
 // Pointers x, y, w, z are rows (w may be a shared weight vector); the one of SLOT is not read.
 template <TpSlot SLOT, typename T, typename Add>
-JBM_HD void tp_item(const TpPath& p, int64_t item, const T* x, const T* y, const T* w, const T* z,
-                    const int32_t* cg_ijk, const T* cg_c, Add&& add) {
+JBM_HD void tp_item(const TpPath& p, int64_t item, bool with_unweighted, const T* x, const T* y, const T* w,
+                    const T* z, const int32_t* cg_ijk, const T* cg_c, Add&& add) {
   int32_t u, v, o;
   int64_t widx;
   if (p.mode == static_cast<int32_t>(TpMode::kUvu)) {
@@ -58,7 +60,7 @@ JBM_HD void tp_item(const TpPath& p, int64_t item, const T* x, const T* y, const
     widx = uv * p.mul_out + o;
   }
   const bool weighted = p.off_w >= 0;
-  if (SLOT == TpSlot::kW && !weighted) return;
+  if (!weighted && (SLOT == TpSlot::kW || !with_unweighted)) return;
   widx += p.off_w;
   const int32_t xo = p.off1 + u * p.dim1;
   const int32_t yo = p.off2 + v * p.dim2;
@@ -89,6 +91,7 @@ struct TpCall {
   int64_t num_items;   // items over all paths
   int32_t dim_x, dim_y, dim_z, num_w;  // row widths of the four operands
   bool shared_w;       // weights are one vector for all rows (else one row each)
+  bool with_unweighted;  // include the paths without weights (false when w holds a tangent)
   JBM_HD int64_t out_width() const {
     switch (slot) {
       case TpSlot::kX: return dim_x;

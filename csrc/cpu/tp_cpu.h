@@ -26,10 +26,10 @@ void tp(const core::TpCall& c, const core::TpPath* paths, const int32_t* cg_ijk,
       const int64_t n = core::tp_path_items(p);
       for (int64_t it = 0; it < n; ++it) {
         switch (c.slot) {
-          case TpSlot::kX: core::tp_item<TpSlot::kX>(p, it, row[0], row[1], row[2], row[3], cg_ijk, cg_c, add); break;
-          case TpSlot::kY: core::tp_item<TpSlot::kY>(p, it, row[0], row[1], row[2], row[3], cg_ijk, cg_c, add); break;
-          case TpSlot::kW: core::tp_item<TpSlot::kW>(p, it, row[0], row[1], row[2], row[3], cg_ijk, cg_c, add); break;
-          case TpSlot::kZ: core::tp_item<TpSlot::kZ>(p, it, row[0], row[1], row[2], row[3], cg_ijk, cg_c, add); break;
+          case TpSlot::kX: core::tp_item<TpSlot::kX>(p, it, c.with_unweighted, row[0], row[1], row[2], row[3], cg_ijk, cg_c, add); break;
+          case TpSlot::kY: core::tp_item<TpSlot::kY>(p, it, c.with_unweighted, row[0], row[1], row[2], row[3], cg_ijk, cg_c, add); break;
+          case TpSlot::kW: core::tp_item<TpSlot::kW>(p, it, c.with_unweighted, row[0], row[1], row[2], row[3], cg_ijk, cg_c, add); break;
+          case TpSlot::kZ: core::tp_item<TpSlot::kZ>(p, it, c.with_unweighted, row[0], row[1], row[2], row[3], cg_ijk, cg_c, add); break;
         }
       }
     }

@@ -47,7 +47,7 @@ __global__ void __launch_bounds__(kThreads) tp_kernel(TpCall c, const TpPath* __
     auto add = [dst](int64_t idx, T v) { atomicAdd(dst + idx, v); };
     for (int64_t it = threadIdx.x; it < c.num_items; it += blockDim.x) {
       const int32_t p = core::tp_find_path(paths, c.num_paths, it);
-      core::tp_item<SLOT>(paths[p], it - paths[p].item_begin, xr, yr, wr, zr, cg_ijk, cg_c, add);
+      core::tp_item<SLOT>(paths[p], it - paths[p].item_begin, c.with_unweighted, xr, yr, wr, zr, cg_ijk, cg_c, add);
     }
     if (SMEM && !reduce) {
       __syncthreads();

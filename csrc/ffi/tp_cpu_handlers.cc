@@ -19,10 +19,10 @@ void run(const core::TpCall& c, const TpBuffers& bufs, const ffi::AnyBuffer& pat
 }
 
 ffi::Error tp_cpu(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer c, ffi::AnyBuffer paths, ffi::AnyBuffer cg_ijk,
-                  ffi::AnyBuffer cg_c, ffi::Result<ffi::AnyBuffer> out, int32_t slot, int32_t shared_w,
+                  ffi::AnyBuffer cg_c, ffi::Result<ffi::AnyBuffer> out, int32_t slot, int32_t shared_w, int32_t with_unweighted,
                   int32_t dim_x, int32_t dim_y, int32_t dim_z, int32_t num_w, int64_t num_items) {
   TpBuffers bufs;
-  auto call = check_tp(a, b, c, paths, cg_ijk, cg_c, *out, slot, shared_w, dim_x, dim_y, dim_z, num_w, num_items,
+  auto call = check_tp(a, b, c, paths, cg_ijk, cg_c, *out, slot, shared_w, with_unweighted, dim_x, dim_y, dim_z, num_w, num_items,
                        &bufs);
   if (call.has_error()) return call.error();
   ffi::Error table = check_tp_paths(*call, static_cast<const core::TpPath*>(paths.untyped_data()),

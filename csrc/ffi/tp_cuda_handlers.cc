@@ -22,10 +22,10 @@ cudaError_t run(cudaStream_t s, const core::TpCall& c, const TpBuffers& bufs, co
 
 ffi::Error tp_cuda(cudaStream_t stream, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer c, ffi::AnyBuffer paths,
                    ffi::AnyBuffer cg_ijk, ffi::AnyBuffer cg_c, ffi::Result<ffi::AnyBuffer> out, int32_t slot,
-                   int32_t shared_w, int32_t dim_x, int32_t dim_y, int32_t dim_z, int32_t num_w,
+                   int32_t shared_w, int32_t with_unweighted, int32_t dim_x, int32_t dim_y, int32_t dim_z, int32_t num_w,
                    int64_t num_items) {
   TpBuffers bufs;
-  auto call = check_tp(a, b, c, paths, cg_ijk, cg_c, *out, slot, shared_w, dim_x, dim_y, dim_z, num_w, num_items,
+  auto call = check_tp(a, b, c, paths, cg_ijk, cg_c, *out, slot, shared_w, with_unweighted, dim_x, dim_y, dim_z, num_w, num_items,
                        &bufs);
   if (call.has_error()) return call.error();
   const cudaError_t err = a.element_type() == ffi::DataType::F32

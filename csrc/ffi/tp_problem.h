@@ -20,7 +20,7 @@ struct TpBuffers {
 inline xla::ffi::ErrorOr<core::TpCall> check_tp(const xla::ffi::AnyBuffer& a, const xla::ffi::AnyBuffer& b,
                                                 const xla::ffi::AnyBuffer& c, const xla::ffi::AnyBuffer& paths,
                                                 const xla::ffi::AnyBuffer& cg_ijk, const xla::ffi::AnyBuffer& cg_c,
-                                                const xla::ffi::AnyBuffer& out, int32_t slot, int32_t shared_w,
+                                                const xla::ffi::AnyBuffer& out, int32_t slot, int32_t shared_w, int32_t with_unweighted,
                                                 int32_t dim_x, int32_t dim_y, int32_t dim_z, int32_t num_w,
                                                 int64_t num_items, TpBuffers* bufs) {
   using ffi_util::reject;
@@ -51,7 +51,7 @@ inline xla::ffi::ErrorOr<core::TpCall> check_tp(const xla::ffi::AnyBuffer& a, co
 
   core::TpCall call{static_cast<core::TpSlot>(slot), 0,
                     static_cast<int32_t>(paths.element_count() / core::kTpPathFields), num_items,
-                    dim_x, dim_y, dim_z, num_w, shared_w != 0};
+                    dim_x, dim_y, dim_z, num_w, shared_w != 0, with_unweighted != 0};
   const int64_t widths[4] = {dim_x, dim_y, num_w, dim_z};
   // Rows come from x (or y when x is the output).
   const int rows_slot = slot == 0 ? 1 : 0;
@@ -97,5 +97,6 @@ inline xla::ffi::Error check_tp_paths(const core::TpCall& c, const core::TpPath*
 #define JBM_TP_BIND                                                                                \
   .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()         \
       .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()                            \
-      .Attr<int32_t>("slot").Attr<int32_t>("shared_w").Attr<int32_t>("dim_x").Attr<int32_t>("dim_y") \
+      .Attr<int32_t>("slot").Attr<int32_t>("shared_w").Attr<int32_t>("with_unweighted")    \
+      .Attr<int32_t>("dim_x").Attr<int32_t>("dim_y") \
       .Attr<int32_t>("dim_z").Attr<int32_t>("num_w").Attr<int64_t>("num_items")

@@ -203,8 +203,12 @@ tp_p = Primitive("jbm_tensor_product")
 
 
 def _bind(tables: _Tables, slot: int, shared: bool, *operands_by_slot):
-    """``operands_by_slot``: the three operands other than ``slot``, in slot order."""
-    return tp_p.bind(*operands_by_slot, tables=tables, slot=slot, shared=shared)
+    """``operands_by_slot``: the three operands other than ``slot``, in slot order.
+
+    Parameter ``unweighted``: whether paths without weights contribute; true while w's slot holds the
+    weights, false once it holds a tangent or cotangent (those paths don't depend on w).
+    """
+    return tp_p.bind(*operands_by_slot, tables=tables, slot=slot, shared=shared, unweighted=True)
 
 
 def _slots_of(slot):
@@ -215,7 +219,7 @@ def _width(tables, s):
     return tables.dims[(0, 1, 3, 2)[s]]  # dims are (x, y, z, w)
 
 
-def _abstract(*ops, tables, slot, shared):
+def _abstract(*ops, tables, slot, shared, unweighted):
     slots = _slots_of(slot)
     dtype = ops[0].dtype
     batch = None
@@ -233,7 +237,7 @@ tp_p.def_abstract_eval(_abstract)
 ffi.define_impl(tp_p)
 
 
-def _lowering(ctx, a, b, c, *, tables, slot, shared):
+def _lowering(ctx, a, b, c, *, tables, slot, shared, unweighted):
     dtype = ctx.avals_in[0].dtype
     consts = [jnp.asarray(tables.paths), jnp.asarray(tables.cg_ijk), jnp.asarray(tables.cg_coef.astype(dtype))]
     dim_x, dim_y, dim_z, num_w = tables.dims
@@ -241,6 +245,7 @@ def _lowering(ctx, a, b, c, *, tables, slot, shared):
     def call(a, b, c, paths, cg_ijk, cg_coef):
         return jax.ffi.ffi_call("jbm_tp", jax.ShapeDtypeStruct(ctx.avals_out[0].shape, dtype))(
             a, b, c, paths, cg_ijk, cg_coef, slot=np.int32(slot), shared_w=np.int32(shared),
+            with_unweighted=np.int32(unweighted),
             dim_x=np.int32(dim_x), dim_y=np.int32(dim_y), dim_z=np.int32(dim_z), num_w=np.int32(num_w),
             num_items=np.int64(tables.num_items))
 
@@ -255,10 +260,13 @@ ffi.register_lowering_rule(tp_p, _lowering, "jbm_tp")
 def _jvp_in(k):
     """Tangent from operand k: the same call with operand k replaced by its tangent."""
 
-    def rule(t, *ops, tables, slot, shared):
+    def rule(t, *ops, tables, slot, shared, unweighted):
         ops = list(ops)
         ops[k] = t
-        return tp_p.bind(*ops, tables=tables, slot=slot, shared=shared)
+        # Paths without weights don't depend on w: they drop out once w's slot holds a tangent.
+        if _slots_of(slot)[k] == SLOT_W:
+            unweighted = False
+        return tp_p.bind(*ops, tables=tables, slot=slot, shared=shared, unweighted=unweighted)
 
     return rule
 
@@ -266,7 +274,7 @@ def _jvp_in(k):
 ad.defjvp(tp_p, _jvp_in(0), _jvp_in(1), _jvp_in(2))
 
 
-def _transpose(ct, *ops, tables, slot, shared):
+def _transpose(ct, *ops, tables, slot, shared, unweighted):
     slots = _slots_of(slot)
     undefined = [k for k, op in enumerate(ops) if ad.is_undefined_primal(op)]
     if len(undefined) != 1:
@@ -279,14 +287,18 @@ def _transpose(ct, *ops, tables, slot, shared):
         by_slot = {s: op for s, op in zip(slots, ops)}
         by_slot[slot] = ct
         del by_slot[target]
-        result = tp_p.bind(*[by_slot[s] for s in _slots_of(target)], tables=tables, slot=target, shared=shared)
+        # A cotangent moving into w's slot is not the weights: paths without weights drop out.
+        if slot == SLOT_W:
+            unweighted = False
+        result = tp_p.bind(*[by_slot[s] for s in _slots_of(target)], tables=tables, slot=target, shared=shared,
+                           unweighted=unweighted)
     return [result if j == k else None for j in range(3)]
 
 
 ad.primitive_transposes[tp_p] = _transpose
 
 
-def _batch(args, dims, *, tables, slot, shared):
+def _batch(args, dims, *, tables, slot, shared, unweighted):
     slots = _slots_of(slot)
     size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
     w_batched = any(s == SLOT_W and d is not None for s, d in zip(slots, dims))
@@ -308,7 +320,7 @@ def _batch(args, dims, *, tables, slot, shared):
         else:
             a = a[0]
         new_args.append(a)
-    out = tp_p.bind(*new_args, tables=tables, slot=slot, shared=new_shared)
+    out = tp_p.bind(*new_args, tables=tables, slot=slot, shared=new_shared, unweighted=unweighted)
     if per_row_out_w:
         out = out.reshape((size, -1, out.shape[-1])).sum(axis=1)
     return out, 0

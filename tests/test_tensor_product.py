@@ -1,0 +1,263 @@
+"""Tensor product: values, derivatives, transformations and errors against e3nn-jax."""
+
+import e3nn_jax as e3nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import TOL, assert_close, has_gpu
+from jax.test_util import check_grads
+
+import jaxbatmobile as jb
+from jaxbatmobile._src import reference
+
+SH3 = "0e+1o+2e+3o"
+
+
+def _problem(name):
+    """Small-multiplicity versions of real models' TPs (same structure, CPU-friendly sizes)."""
+    if name == "mace-large":
+        i1, i2, io = "8x0e+8x1o+8x2e", SH3, "8x0e+8x1o+8x2e+8x3o"
+        return i1, i2, io, jb.channelwise_instructions(i1, i2, io)
+    if name == "mace-medium":
+        i1, i2, io = "8x0e+8x1o", SH3, "8x0e+8x1o+8x2e"
+        return i1, i2, io, jb.channelwise_instructions(i1, i2, io)
+    if name == "nequip-parity":  # odd and even parity at every l, in every operand
+        i1, i2, io = "3x0e+2x0o+3x1o+2x1e+2x2e+2x2o", "0e+1o+2e", "3x0e+2x0o+3x1o+2x1e+2x2e+2x2o"
+        return i1, i2, io, jb.channelwise_instructions(i1, i2, io)
+    if name == "nequix-nonuniform":
+        i1, i2, io = "8x0e+4x1o+2x2e+2x3o", SH3, "8x0e+4x1o+2x2e+2x3o"
+        return i1, i2, io, jb.channelwise_instructions(i1, i2, io)
+    if name == "uvw-fc":
+        i1, i2, io = "3x0e+2x1o+2x2e", "2x0e+1x1o", "2x0e+3x1o+1x2e"
+        ins = [(a, b, c, "uvw", True) for a, (_, ir1) in enumerate(e3nn.Irreps(i1))
+               for b, (_, ir2) in enumerate(e3nn.Irreps(i2)) for c, (_, iro) in enumerate(e3nn.Irreps(io))
+               if iro in ir1 * ir2]
+        return i1, i2, io, ins
+    if name == "mixed-l4":  # uvu and uvw together, degree 4 in every operand, unweighted and weighted paths
+        i1, i2, io = "2x0e+2x4e+3x1o", "0e+4e+1o", "2x4e+2x0e+3x1o+2x3o"
+        ins = [(1, 1, 0, "uvu", True), (1, 1, 1, "uvu", False), (0, 1, 0, "uvu", True, 0.5),
+               (2, 2, 1, "uvw", True), (1, 2, 3, "uvu", True), (2, 1, 3, "uvw", True), (0, 0, 1, "uvu", True)]
+        return i1, i2, io, ins
+    raise KeyError(name)
+
+
+PROBLEMS = ["mace-large", "mace-medium", "nequip-parity", "nequix-nonuniform", "uvw-fc", "mixed-l4"]
+
+
+@pytest.fixture(scope="module")
+def tps():
+    cache = {}
+
+    def get(name):
+        if name not in cache:
+            cache[name] = jb.TensorProduct(*_problem(name))
+        return cache[name]
+
+    return get
+
+
+def _inputs(rng, tp, batch, dtype=np.float64, shared=False):
+    x = rng.normal(size=batch + (tp.irreps_in1.dim,)).astype(dtype)
+    y = rng.normal(size=batch + (tp.irreps_in2.dim,)).astype(dtype)
+    w = rng.normal(size=(tp.weight_numel,) if shared else batch + (tp.weight_numel,)).astype(dtype)
+    return x, y, w
+
+
+def _ref(tp, x, y, w, shared):
+    f64 = lambda a: jnp.asarray(a, jnp.float64)  # noqa: E731
+    return reference.tensor_product(tp, f64(x), f64(y), f64(w), shared)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("name", PROBLEMS)
+def test_matches_e3nn(rng, tps, name, shared, dtype):
+    tp = tps(name)
+    x, y, w = _inputs(rng, tp, (13,), dtype, shared)
+    out = tp(x, y, w)
+    assert out.shape == (13, tp.irreps_out.dim) and out.dtype == dtype
+    assert_close(out, _ref(tp, x, y, w, shared), TOL[dtype] * 5)
+
+
+def test_path_weights_and_normalizations(rng):
+    i1, i2, io = "3x0e+2x1o", "0e+1o", "3x0e+2x1o+3x1o"
+    ins = [(0, 0, 0, "uvu", True, 2.0), (1, 1, 0, "uvw", True), (0, 1, 2, "uvu", True), (1, 0, 1, "uvu", True)]
+    for irrep_norm in ["component", "norm"]:
+        for path_norm in ["element", "path"]:
+            for grad_norm in ["element", "path"]:
+                tp = jb.TensorProduct(i1, i2, io, ins, irrep_normalization=irrep_norm,
+                                      path_normalization=path_norm, gradient_normalization=grad_norm)
+                x, y, w = _inputs(rng, tp, (4,))
+                assert_close(tp(x, y, w), _ref(tp, x, y, w, False), 1e-12)
+
+
+@pytest.mark.parametrize("name", ["nequip-parity", "mixed-l4", "uvw-fc"])
+def test_equivariance(rng, tps, name):
+    tp = tps(name)
+    x, y, w = _inputs(rng, tp, (6,))
+    angles = rng.uniform(0, 2 * np.pi, size=3)
+    for k in (0, 1):  # rotation, then rotation with inversion
+        d1, d2, do = (np.asarray(ir.D_from_angles(*angles, k)) for ir in (tp.irreps_in1, tp.irreps_in2, tp.irreps_out))
+        assert_close(tp(x @ d1.T, y @ d2.T, w), np.asarray(tp(x, y, w)) @ do.T, 1e-12)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("name", ["mace-medium", "nequip-parity", "mixed-l4"])
+def test_gradients_match_e3nn(rng, tps, name, shared):
+    tp = tps(name)
+    x, y, w = _inputs(rng, tp, (5,), shared=shared)
+    g = rng.normal(size=(5, tp.irreps_out.dim))
+    ours = jax.vjp(lambda x, y, w: tp(x, y, w), x, y, w)[1](g)
+    ref = jax.vjp(lambda x, y, w: _ref(tp, x, y, w, shared), x, y, w)[1](g)
+    for a, b in zip(ours, ref):
+        assert_close(a, b, 1e-12)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("name", PROBLEMS)
+def test_check_grads_order2(rng, tps, name, shared):
+    tp = tps(name)
+    x, y, w = _inputs(rng, tp, (3,), shared=shared)
+    check_grads(lambda x, y, w: jnp.sin(tp(x, y, w)), (x, y, w), order=2, modes=("fwd", "rev"))
+
+
+def test_third_order(rng, tps):
+    tp = tps("nequip-parity")
+    x, y, w = _inputs(rng, tp, (2,))
+    check_grads(lambda x, y, w: jnp.sin(tp(x, y, w)), (x, y, w), order=3, modes=("rev",))
+
+
+def test_force_style_second_order(rng, tps):
+    """d/dw of |d E/d y|^2 (forces through the edge attributes), against e3nn-jax."""
+    tp = tps("mace-medium")
+    x, y, w = _inputs(rng, tp, (4,))
+
+    def loss(w, x, f):
+        forces = jax.grad(lambda y: jnp.sum(f(x, y, w) ** 2))(y)
+        return jnp.sum(forces**2)
+
+    ours = jax.grad(loss, argnums=(0, 1))(w, x, lambda x, y, w: tp(x, y, w))
+    ref = jax.grad(loss, argnums=(0, 1))(w, x, lambda x, y, w: _ref(tp, x, y, w, False))
+    for a, b in zip(ours, ref):
+        assert_close(a, b, 1e-11)
+
+
+@pytest.mark.parametrize("in_axes", [(0, 0, 0), (None, 0, 0), (0, None, None), (1, 0, None), (0, 0, 1)])
+def test_vmap(rng, tps, in_axes):
+    tp = tps("mixed-l4")
+    x, y, w = _inputs(rng, tp, (3, 4))  # vmapped axis of size 3 (or 4 when in_axes is 1)
+    args = []
+    for a, ax in zip((x, y, w), in_axes):
+        args.append(a[0] if ax is None else (np.swapaxes(a, 0, 1) if ax == 1 else a))
+    out = jax.vmap(lambda x, y, w: tp(x, y, w), in_axes=in_axes)(*args)
+    full = [np.broadcast_to(a, (3, 4, a.shape[-1])) if ax is None else (np.swapaxes(a, 0, 1) if ax == 1 else a)
+            for a, ax in zip(args, in_axes)]
+    assert_close(out, _ref(tp, *full, False), 1e-12)
+
+
+def test_vmap_shared_weights_and_weight_gradient(rng, tps):
+    tp = tps("mixed-l4")
+    x, y, _ = _inputs(rng, tp, (3, 4))
+    ws = rng.normal(size=(3, tp.weight_numel))  # one shared weight vector per vmapped graph
+    out = jax.vmap(lambda x, y, w: tp(x, y, w))(x, y, ws)
+    ref = jnp.stack([_ref(tp, x[i], y[i], ws[i], True) for i in range(3)])
+    assert_close(out, ref, 1e-12)
+    g = rng.normal(size=out.shape)
+    gw = jax.vmap(lambda x, y, w, g: jax.grad(lambda w: jnp.sum(g * tp(x, y, w)))(w))(x, y, ws, g)
+    gw_ref = jnp.stack([jax.grad(lambda w: jnp.sum(g[i] * _ref(tp, x[i], y[i], w, True)))(ws[i]) for i in range(3)])
+    assert_close(gw, gw_ref, 1e-12)
+
+
+def test_linear_transpose(rng, tps):
+    tp = tps("uvw-fc")
+    x, y, w = _inputs(rng, tp, (4,))
+    g = rng.normal(size=(4, tp.irreps_out.dim))
+    (ct_x,) = jax.linear_transpose(lambda x: tp(x, y, w), x)(g)
+    (ref_x,) = jax.linear_transpose(lambda x: _ref(tp, x, y, w, False), x)(g)
+    assert_close(ct_x, ref_x, 1e-12)
+
+
+def test_jit_lowers_to_our_kernel(rng, tps):
+    tp = tps("mace-medium")
+    x, y, w = _inputs(rng, tp, (4,), np.float32)
+    f = jax.jit(lambda x, y, w: tp(x, y, w))
+    assert "jbm_tp" in f.lower(x, y, w).as_text()
+    assert_close(f(x, y, w), _ref(tp, x, y, w, False), 1e-5)
+
+
+def test_broadcast_and_unbatched(rng, tps):
+    tp = tps("mace-medium")
+    x, y, w = _inputs(rng, tp, (2, 3))
+    assert_close(tp(x, y[0, 0], w), _ref(tp, x, np.broadcast_to(y[0, 0], y.shape), w, False), 1e-12)
+    assert_close(tp(x[0, 0], y[0, 0], w[0, 0]), _ref(tp, x[:1, 0], y[:1, 0], w[:1, 0], False)[0], 1e-12)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_empty_batch(tps, shared):
+    tp = tps("mace-medium")
+    x, y, w = _inputs(np.random.default_rng(0), tp, (0,), np.float32, shared)
+    out = tp(x, y, w)
+    assert out.shape == (0, tp.irreps_out.dim)
+    gw = jax.grad(lambda w: jnp.sum(tp(x, y, w)))(w)
+    assert gw.shape == w.shape and np.all(np.asarray(gw) == 0)
+
+
+def test_bad_calls(tps):
+    tp = tps("mace-medium")
+    x, y, w = _inputs(np.random.default_rng(0), tp, (4,), np.float32)
+    with pytest.raises(ValueError, match="`x`"):
+        tp(x[:, :-1], y, w)
+    with pytest.raises(ValueError, match="`y`"):
+        tp(x, y[:, :3], w)
+    with pytest.raises(ValueError, match="`weights`"):
+        tp(x, y, w[:, :-1])
+    with pytest.raises(TypeError, match="share one dtype"):
+        tp(x, y.astype(np.float64), w)
+    with pytest.raises(TypeError, match="`x`"):
+        tp(x.astype(np.int32), y, w)
+    with pytest.raises(ValueError, match="do not broadcast"):
+        tp(x, y[:3], w)
+    with pytest.raises(ValueError, match="shared `weights`"):
+        tp(x, y, w, shared_weights=True)
+
+
+def test_bad_problems():
+    with pytest.raises(ValueError, match="selection rule"):
+        jb.TensorProduct("2x0e", "1o", "2x0e", [(0, 0, 0, "uvu", True)])  # parity violation
+    with pytest.raises(ValueError, match="selection rule"):
+        jb.TensorProduct("2x1o", "1o", "2x3e", [(0, 0, 0, "uvu", True)])  # |l1-l2| <= l <= l1+l2
+    with pytest.raises(ValueError, match="irreps_out\\[3\\]"):
+        jb.TensorProduct("2x0e", "0e", "2x0e", [(0, 0, 3, "uvu", True)])
+    with pytest.raises(ValueError, match="mode"):
+        jb.TensorProduct("2x0e", "0e", "2x0e", [(0, 0, 0, "uuu", True)])
+    with pytest.raises(ValueError, match="multiplicity"):
+        jb.TensorProduct("2x0e", "0e", "3x0e", [(0, 0, 0, "uvu", True)])
+    with pytest.raises(ValueError, match="uvw paths must have weights"):
+        jb.TensorProduct("2x0e", "0e", "3x0e", [(0, 0, 0, "uvw", False)])
+
+
+def test_channelwise_instructions():
+    ins = jb.channelwise_instructions("4x0e+4x1o", SH3, "4x0e+4x1o+4x2e")
+    # 0e x {0e, 1o, 2e} -> 0e, 1o, 2e (3o has no slot);  1o x 0e -> 1o;  1o x 1o -> 0e, 2e;
+    # 1o x 2e -> 1o;  1o x 3o -> 2e.  Eight paths.
+    assert (0, 0, 0, "uvu", True) in ins and (1, 3, 2, "uvu", True) in ins
+    assert all(e3nn.Irreps("4x0e+4x1o+4x2e")[c].ir in e3nn.Irreps("4x0e+4x1o")[a].ir * e3nn.Irreps(SH3)[b].ir
+               for a, b, c, *_ in ins)
+    assert len(ins) == 8
+
+
+@pytest.mark.skipif(not has_gpu(), reason="needs a CUDA device")
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_cpu_and_gpu_agree(rng, tps, dtype):
+    tp = tps("nequix-nonuniform")
+    x, y, w = _inputs(rng, tp, (257,), dtype)
+    g = rng.normal(size=(257, tp.irreps_out.dim)).astype(dtype)
+
+    def run(device):
+        args = [jax.device_put(a, device) for a in (x, y, w)]
+        out, vjp = jax.vjp(lambda x, y, w: tp(x, y, w), *args)
+        return [np.asarray(out)] + [np.asarray(a) for a in vjp(jax.device_put(g, device))]
+
+    for a, b in zip(run(jax.devices("gpu")[0]), run(jax.devices("cpu")[0])):
+        assert_close(a, b, TOL[dtype] * 10)
