@@ -11,13 +11,13 @@ import pathlib
 
 import jax
 
-from . import common, sh
+from . import common, sh, tp
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cpu", action="store_true", help="small sizes on the CPU")
-    ap.add_argument("--only", default="sh", help="comma-separated workload families")
+    ap.add_argument("--only", default="sh,tp", help="comma-separated workload families")
     ap.add_argument("--out", default=None, help="folder for results.jsonl and results.md")
     ap.add_argument("--fp64", action="store_true", help="also time float64")
     args = ap.parse_args()
@@ -33,6 +33,13 @@ def main() -> None:
     families = set(args.only.split(","))
     if "sh" in families:
         sh.run(report, sizes=[20_000, 2_000_000] if on_gpu else [20_000], dtypes=dtypes)
+    if "tp" in families:
+        if on_gpu:
+            tp.run(report, batch=50_000, dtypes=["float32"])
+            if args.fp64:
+                tp.run(report, batch=50_000, dtypes=["float64"], names=["MACE-medium uvu"])
+        else:
+            tp.run(report, batch=256, dtypes=["float32"], scale=16)
 
     md = report.markdown()
     if args.out:

@@ -2,6 +2,8 @@
 
 import functools
 import pathlib
+import subprocess
+import sys
 
 import e3nn_jax as e3nn
 import jax
@@ -198,14 +200,28 @@ def test_bad_inputs():
         jb.spherical_harmonics(v, 2, normalization="unit")
 
 
-def test_handler_rejects_bad_call():
-    """The C++ handler validates again and returns an error (a Python exception, not a crash)."""
-    from jaxbatmobile._src.sh import sh_p
+_BAD_CALL = """
+import jax, jax.numpy as jnp
+from jaxbatmobile._src.sh import sh_p
+v = jax.device_put(jnp.ones((4, 3), jnp.float32), jax.devices({platform!r})[0])
+try:
+    # Bypass the Python checks: the handler sees l_max = 9.
+    jax.jit(lambda v: sh_p.bind(v, l_max=9, normalize=True, normalization="component"))(v).block_until_ready()
+    print("no error")
+except Exception as e:
+    print("raised:", e)
+"""
 
-    v = jnp.ones((4, 3), jnp.float32)
-    with pytest.raises(Exception, match="l_max of jbm_sh_fwd"):
-        # Bypass the Python checks: the handler sees l_max = 9.
-        jax.jit(lambda v: sh_p.bind(v, l_max=9, normalize=True, normalization="component"))(v).block_until_ready()
+
+@pytest.mark.parametrize("platform", ["cpu"] + (["gpu"] if has_gpu() else []))
+def test_handler_rejects_bad_call(platform):
+    """The C++ handler validates again and returns an ffi::Error: a Python exception, never a crash.
+
+    Run in a child process, so that a crash fails this test instead of killing the whole suite.
+    """
+    r = subprocess.run([sys.executable, "-c", _BAD_CALL.format(platform=platform)], capture_output=True, text=True)
+    assert r.returncode == 0, f"the process died (exit {r.returncode}): {r.stderr[-2000:]}"
+    assert "raised:" in r.stdout and "l_max of jbm_sh_fwd must be in [0, 8], got 9" in r.stdout, r.stdout
 
 
 def test_generated_header_is_fresh():
