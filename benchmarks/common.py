@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import json
+import os
 import statistics
 import subprocess
 import time
@@ -27,6 +28,9 @@ def device_kind() -> str:
 
 
 def git_commit() -> str:
+    """HEAD of the checkout (JBM_COMMIT overrides it where the tree travels without .git)."""
+    if os.environ.get("JBM_COMMIT"):
+        return os.environ["JBM_COMMIT"]
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True)

@@ -38,8 +38,8 @@ def count(tp, batch, itemsize):
     t = tp._tables
     flops = 0
     for row in t.paths:
-        mode, mul1, mul2, mulo, *_rest = row
-        nnz = row[12] - row[11]
+        mode, mul1, mul2, mulo = (int(v) for v in row[:4])
+        nnz = int(row[12] - row[11])
         items = mul1 * mul2 * (mulo if mode == 1 else 1)
         flops += items * nnz * 2 * 3
     return nbytes, batch * flops

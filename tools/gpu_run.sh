@@ -12,4 +12,4 @@ python3 -m pip install -v --no-build-isolation --no-deps -e . > "$OUT/build.log"
 grep -E "jaxbatmobile: building|spill|stack frame" "$OUT/build.log" | sort | uniq -c | sort -rn | head -8
 echo "build: $(( $(date +%s) - t0 )) s"
 python3 -c "import jaxbatmobile as jb, jax; print(jb.build_info(), jax.devices())"
-python3 -m pytest -q -x tests "$@" 2>&1 | tee "$OUT/pytest.log" | tail -15
+python3 -m pytest -q tests "$@" 2>&1 | tee "$OUT/pytest.log" | tail -15
