@@ -1,6 +1,7 @@
 """Spherical harmonics: values, derivatives of every order, transformations and errors vs e3nn-jax."""
 
 import functools
+import os
 import pathlib
 import subprocess
 import sys
@@ -219,7 +220,9 @@ def test_handler_rejects_bad_call(platform):
 
     Run in a child process, so that a crash fails this test instead of killing the whole suite.
     """
-    r = subprocess.run([sys.executable, "-c", _BAD_CALL.format(platform=platform)], capture_output=True, text=True)
+    env = dict(os.environ, XLA_PYTHON_CLIENT_PREALLOCATE="false")  # the parent may hold most of the GPU
+    r = subprocess.run([sys.executable, "-c", _BAD_CALL.format(platform=platform)], capture_output=True, text=True,
+                       env=env)
     assert r.returncode == 0, f"the process died (exit {r.returncode}): {r.stderr[-2000:]}"
     assert "raised:" in r.stdout and "l_max of jbm_sh_fwd must be in [0, 8], got 9" in r.stdout, r.stdout
 
