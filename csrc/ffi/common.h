@@ -21,10 +21,6 @@ template <typename... Args> ffi::Error invalid(const Args&... args) {
   return ffi::Error::InvalidArgument(str(args...));
 }
 
-// The same, for functions returning ffi::ErrorOr<T>.
-template <typename... Args> ffi::Unexpected<ffi::Error> reject(const Args&... args) {
-  return ffi::Unexpected<ffi::Error>(invalid(args...));
-}
 
 inline const char* dtype_name(ffi::DataType t) {
   switch (t) {

@@ -11,14 +11,15 @@ namespace {
 ffi::Error sh_cpu(ShMode mode, ffi::AnyBuffer v, const ffi::AnyBuffer* aux,
                   ffi::Result<ffi::AnyBuffer> out, int32_t lmax, int32_t normalize,
                   int32_t normalization) {
-  auto p = check_sh(mode, v, aux, *out, lmax, normalize, normalization);
-  if (p.has_error()) return p.error();
+  ShCall call;
+  ffi::Error error = check_sh(mode, v, aux, *out, lmax, normalize, normalization, &call);
+  if (error.failure()) return error;
   const void* aux_data = aux ? aux->untyped_data() : nullptr;
   if (v.element_type() == ffi::DataType::F32) {
-    cpu::sh<float>(*p, static_cast<const float*>(v.untyped_data()),
+    cpu::sh<float>(call, static_cast<const float*>(v.untyped_data()),
                    static_cast<const float*>(aux_data), static_cast<float*>(out->untyped_data()));
   } else {
-    cpu::sh<double>(*p, static_cast<const double*>(v.untyped_data()),
+    cpu::sh<double>(call, static_cast<const double*>(v.untyped_data()),
                     static_cast<const double*>(aux_data), static_cast<double*>(out->untyped_data()));
   }
   return ffi::Error::Success();

@@ -22,17 +22,18 @@ ffi::Error tp_cpu(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer c, ffi::Any
                   ffi::AnyBuffer cg_c, ffi::Result<ffi::AnyBuffer> out, int32_t slot, int32_t shared_w, int32_t with_unweighted,
                   int32_t dim_x, int32_t dim_y, int32_t dim_z, int32_t num_w, int64_t num_items) {
   TpBuffers bufs;
-  auto call = check_tp(a, b, c, paths, cg_ijk, cg_c, *out, slot, shared_w, with_unweighted, dim_x, dim_y, dim_z, num_w, num_items,
-                       &bufs);
-  if (call.has_error()) return call.error();
-  ffi::Error table = check_tp_paths(*call, static_cast<const core::TpPath*>(paths.untyped_data()),
+  core::TpCall call;
+  ffi::Error error = check_tp(a, b, c, paths, cg_ijk, cg_c, *out, slot, shared_w, with_unweighted, dim_x, dim_y, dim_z, num_w, num_items,
+                       &bufs, &call);
+  if (error.failure()) return error;
+  ffi::Error table = check_tp_paths(call, static_cast<const core::TpPath*>(paths.untyped_data()),
                                     static_cast<const int32_t*>(cg_ijk.untyped_data()),
                                     static_cast<int64_t>(cg_c.element_count()));
   if (table.failure()) return table;
   if (a.element_type() == ffi::DataType::F32) {
-    run<float>(*call, bufs, paths, cg_ijk, cg_c, *out);
+    run<float>(call, bufs, paths, cg_ijk, cg_c, *out);
   } else {
-    run<double>(*call, bufs, paths, cg_ijk, cg_c, *out);
+    run<double>(call, bufs, paths, cg_ijk, cg_c, *out);
   }
   return ffi::Error::Success();
 }

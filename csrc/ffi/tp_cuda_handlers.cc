@@ -25,12 +25,13 @@ ffi::Error tp_cuda(cudaStream_t stream, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi:
                    int32_t shared_w, int32_t with_unweighted, int32_t dim_x, int32_t dim_y, int32_t dim_z, int32_t num_w,
                    int64_t num_items) {
   TpBuffers bufs;
-  auto call = check_tp(a, b, c, paths, cg_ijk, cg_c, *out, slot, shared_w, with_unweighted, dim_x, dim_y, dim_z, num_w, num_items,
-                       &bufs);
-  if (call.has_error()) return call.error();
+  core::TpCall call;
+  ffi::Error error = check_tp(a, b, c, paths, cg_ijk, cg_c, *out, slot, shared_w, with_unweighted, dim_x, dim_y, dim_z, num_w, num_items,
+                       &bufs, &call);
+  if (error.failure()) return error;
   const cudaError_t err = a.element_type() == ffi::DataType::F32
-                              ? run<float>(stream, *call, bufs, paths, cg_ijk, cg_c, *out)
-                              : run<double>(stream, *call, bufs, paths, cg_ijk, cg_c, *out);
+                              ? run<float>(stream, call, bufs, paths, cg_ijk, cg_c, *out)
+                              : run<double>(stream, call, bufs, paths, cg_ijk, cg_c, *out);
   if (err != cudaSuccess)
     return ffi::Error::Internal(ffi_util::str(kTpOp, " kernel launch failed: ", cudaGetErrorString(err)));
   return ffi::Error::Success();

@@ -17,37 +17,37 @@ struct TpBuffers {
   std::array<const xla::ffi::AnyBuffer*, 4> ops{};  // by slot; nullptr for the output slot
 };
 
-inline xla::ffi::ErrorOr<core::TpCall> check_tp(const xla::ffi::AnyBuffer& a, const xla::ffi::AnyBuffer& b,
+inline xla::ffi::Error check_tp(const xla::ffi::AnyBuffer& a, const xla::ffi::AnyBuffer& b,
                                                 const xla::ffi::AnyBuffer& c, const xla::ffi::AnyBuffer& paths,
                                                 const xla::ffi::AnyBuffer& cg_ijk, const xla::ffi::AnyBuffer& cg_c,
                                                 const xla::ffi::AnyBuffer& out, int32_t slot, int32_t shared_w, int32_t with_unweighted,
                                                 int32_t dim_x, int32_t dim_y, int32_t dim_z, int32_t num_w,
-                                                int64_t num_items, TpBuffers* bufs) {
-  using ffi_util::reject;
+                                                int64_t num_items, TpBuffers* bufs, core::TpCall* out_call) {
+  using ffi_util::invalid;
   namespace ffi = xla::ffi;
-  if (slot < 0 || slot > 3) return reject("slot of ", kTpOp, " must be in [0, 3], got ", slot);
+  if (slot < 0 || slot > 3) return invalid("slot of ", kTpOp, " must be in [0, 3], got ", slot);
   const char* names[4] = {"x", "y", "weights", "z"};
   const ffi::AnyBuffer* in[3] = {&a, &b, &c};
   for (int s = 0, k = 0; s < 4; ++s) bufs->ops[s] = s == slot ? nullptr : in[k++];
   const ffi::DataType dt = a.element_type();
   if (!ffi_util::is_supported_float(dt))
-    return reject("operands of ", kTpOp, " must be float32 or float64, got ", ffi_util::dtype_name(dt));
+    return invalid("operands of ", kTpOp, " must be float32 or float64, got ", ffi_util::dtype_name(dt));
   for (int s = 0; s < 4; ++s) {
     const ffi::AnyBuffer* buf = s == slot ? &out : bufs->ops[s];
     if (buf->element_type() != dt)
-      return reject(names[s], " of ", kTpOp, " has dtype ", ffi_util::dtype_name(buf->element_type()),
+      return invalid(names[s], " of ", kTpOp, " has dtype ", ffi_util::dtype_name(buf->element_type()),
                     ", expected ", ffi_util::dtype_name(dt));
   }
-  if (cg_c.element_type() != dt) return reject("CG coefficients of ", kTpOp, " must have the operands' dtype");
+  if (cg_c.element_type() != dt) return invalid("CG coefficients of ", kTpOp, " must have the operands' dtype");
   if (paths.element_type() != ffi::DataType::S32 || cg_ijk.element_type() != ffi::DataType::S32)
-    return reject("path and CG index tables of ", kTpOp, " must be int32");
+    return invalid("path and CG index tables of ", kTpOp, " must be int32");
   if (paths.element_count() % core::kTpPathFields != 0)
-    return reject("path table of ", kTpOp, " must have ", core::kTpPathFields, " columns");
+    return invalid("path table of ", kTpOp, " must have ", core::kTpPathFields, " columns");
   const int64_t num_cg = static_cast<int64_t>(cg_c.element_count());
   if (static_cast<int64_t>(cg_ijk.element_count()) != 3 * num_cg)
-    return reject("CG index table of ", kTpOp, " must have 3 columns and one row per coefficient");
+    return invalid("CG index table of ", kTpOp, " must have 3 columns and one row per coefficient");
   if (dim_x <= 0 || dim_y <= 0 || dim_z <= 0 || num_w < 0 || num_items < 0)
-    return reject("invalid operand widths for ", kTpOp);
+    return invalid("invalid operand widths for ", kTpOp);
 
   core::TpCall call{static_cast<core::TpSlot>(slot), 0,
                     static_cast<int32_t>(paths.element_count() / core::kTpPathFields), num_items,
@@ -61,10 +61,11 @@ inline xla::ffi::ErrorOr<core::TpCall> check_tp(const xla::ffi::AnyBuffer& a, co
     const bool shared = s == 2 && call.shared_w;
     const int64_t expected = shared ? num_w : call.rows * widths[s];
     if (static_cast<int64_t>(buf->element_count()) != expected)
-      return reject("invalid size of ", names[s], s == slot ? " (output)" : "", " for ", kTpOp, ": expected ",
+      return invalid("invalid size of ", names[s], s == slot ? " (output)" : "", " for ", kTpOp, ": expected ",
                     expected, " elements, got ", buf->element_count());
   }
-  return call;
+  *out_call = call;
+  return ffi::Error::Success();
 }
 
 // Checks the path table against the widths (CPU only: on the GPU the table lives in device memory and
