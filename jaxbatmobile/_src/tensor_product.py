@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.extend.core import Primitive
-from jax.interpreters import ad, batching
+from jax.interpreters import ad, batching, mlir
 
 from jaxbatmobile._src import ffi
 
@@ -248,8 +248,6 @@ def _lowering(ctx, a, b, c, *, tables, slot, shared, unweighted):
             with_unweighted=np.int32(unweighted),
             dim_x=np.int32(dim_x), dim_y=np.int32(dim_y), dim_z=np.int32(dim_z), num_w=np.int32(num_w),
             num_items=np.int64(tables.num_items))
-
-    from jax.interpreters import mlir
 
     return mlir.lower_fun(lambda a, b, c: [call(a, b, c, *consts)], multiple_results=True)(ctx, a, b, c)
 
