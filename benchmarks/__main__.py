@@ -20,6 +20,8 @@ def main() -> None:
     ap.add_argument("--only", default="sh,tp", help="comma-separated workload families")
     ap.add_argument("--out", default=None, help="folder for results.jsonl and results.md")
     ap.add_argument("--fp64", action="store_true", help="also time float64")
+    ap.add_argument("--problems", default=None,
+                    help="comma-separated TP problems (default: all), e.g. 'MACE-large uvu,MACE-medium uvu'")
     args = ap.parse_args()
 
     jax.config.update("jax_enable_x64", True)
@@ -31,15 +33,16 @@ def main() -> None:
     print(f"# {report.meta}", flush=True)
     dtypes = ["float32"] + (["float64"] if args.fp64 else [])
     families = set(args.only.split(","))
+    names = args.problems.split(",") if args.problems else None
     if "sh" in families:
         sh.run(report, sizes=[20_000, 2_000_000] if on_gpu else [20_000], dtypes=dtypes)
     if "tp" in families:
         if on_gpu:
-            tp.run(report, batch=50_000, dtypes=["float32"])
+            tp.run(report, batch=50_000, dtypes=["float32"], names=names)
             if args.fp64:
                 tp.run(report, batch=50_000, dtypes=["float64"], names=["MACE-medium uvu"])
         else:
-            tp.run(report, batch=256, dtypes=["float32"], scale=16)
+            tp.run(report, batch=256, dtypes=["float32"], scale=16, names=names)
 
     md = report.markdown()
     if args.out:

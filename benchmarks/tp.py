@@ -1,4 +1,5 @@
-"""Tensor products at batch 50k, per-row weights: ours vs e3nn-jax (vmapped FunctionalTensorProduct)."""
+"""Tensor products at batch 50k, per-row weights: ours vs e3nn-jax (vmapped FunctionalTensorProduct)
+vs cuequivariance-jax (the same paths as a segmented polynomial, benchmarks/cue_tp.py)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,9 @@ import numpy as np
 import jaxbatmobile as jb
 from jaxbatmobile._src import reference
 
-from .common import Report, run_case
+from . import cue_tp
+from .common import Report, Row, run_case
+from .peers import cue
 
 SH3 = "0e+1o+2e+3o"
 
@@ -61,9 +64,19 @@ def run(report: Report, batch: int, dtypes, scale: int = 1, names=None, sets: in
             e3 = lambda x, y, w, g, tp=tp: reference.tensor_product(tp, x, y, w, False)  # noqa: E731
             ref64 = lambda x, y, w, g, tp=tp: reference.tensor_product(  # noqa: E731
                 tp, *(a.astype(jnp.float64) for a in (x, y, w)), False)
-            for lib, f in (("jaxbatmobile", ours), ("e3nn-jax", e3)):
+            cue_f = cue_tp.channelwise(tp) if cue is not None and jax.default_backend() == "gpu" else None
+            peers = [("jaxbatmobile", ours, sets_, ref64, lambda a: a), ("e3nn-jax", e3, sets_, ref64, lambda a: a)]
+            if cue_f is not None:
+                # cue holds x and the output in ir_mul; convert inputs once, and the reference's outputs.
+                i1, io = tp.irreps_in1, tp.irreps_out
+                cue_sets = [(cue_tp.to_ir_mul(i1, x), y, w, cue_tp.to_ir_mul(io, g)) for x, y, w, g in sets_]
+                cue_ref = lambda x, y, w, g: cue_tp.to_ir_mul(io, ref64(cue_tp.from_ir_mul(i1, x), y, w, g))  # noqa: E731
+                peers.append(("cuequivariance", lambda x, y, w, g, f=cue_f: f(x, y, w), cue_sets, cue_ref, None))
+            elif name in ("MACE-large uvu", "MACE-medium uvu"):
+                report.add(Row(f"TP {name} B={batch:,} fwd", "cuequivariance", dtype, status="skipped: not available"))
+            for lib, f, inputs, ref, _ in peers:
                 run_case(report, workload=f"TP {name} B={batch:,} fwd", library=lib, dtype=dtype, fn=jax.jit(f),
-                         input_sets=sets_, reference=ref64, tol=tol, nbytes=nbytes, flops=flops)
+                         input_sets=inputs, reference=ref, tol=tol, nbytes=nbytes, flops=flops)
 
             def fwd_bwd(f):
                 def run(x, y, w, g):
@@ -71,10 +84,18 @@ def run(report: Report, batch: int, dtypes, scale: int = 1, names=None, sets: in
                     return (out,) + vjp(g)
                 return run
 
-            ref_fb = jax.jit(lambda *a: fwd_bwd(e3)(*(b.astype(jnp.float64) for b in a)))  # noqa: E731
             # Floor for fwd+bwd: read x, y, w, g; write out, dx, dy, dw.
             fb_bytes = 2 * nbytes
-            for lib, f in (("jaxbatmobile", ours), ("e3nn-jax", e3)):
+            for lib, f, inputs, ref, _ in peers:
+                if lib == "cuequivariance":
+                    i1, io = tp.irreps_in1, tp.irreps_out
+
+                    def ref_fb(x, y, w, g, i1=i1, io=io):
+                        out, dx, dy, dw = fwd_bwd(e3)(*(b.astype(jnp.float64) for b in
+                                                        (cue_tp.from_ir_mul(i1, x), y, w, cue_tp.from_ir_mul(io, g))))
+                        return cue_tp.to_ir_mul(io, out), cue_tp.to_ir_mul(i1, dx), dy, dw
+                else:
+                    ref_fb = lambda *a: fwd_bwd(e3)(*(b.astype(jnp.float64) for b in a))  # noqa: E731
                 run_case(report, workload=f"TP {name} B={batch:,} fwd+bwd", library=lib, dtype=dtype,
-                         fn=jax.jit(fwd_bwd(f)), input_sets=sets_, reference=ref_fb, tol=tol * 10,
+                         fn=jax.jit(fwd_bwd(f)), input_sets=inputs, reference=jax.jit(ref_fb), tol=tol * 10,
                          nbytes=fb_bytes, flops=3 * flops)

@@ -261,3 +261,49 @@ def test_cpu_and_gpu_agree(rng, tps, dtype):
 
     for a, b in zip(run(jax.devices("gpu")[0]), run(jax.devices("cpu")[0])):
         assert_close(a, b, TOL[dtype] * 10)
+
+
+def _with_kernel(tp, kernel):
+    """The same problem forced onto one kernel (tp_uvu.h or the generic item loop of tp.h)."""
+    import copy
+
+    from jaxbatmobile._src import tensor_product as tp_module
+
+    other = copy.copy(tp)
+    other._tables = tp_module._build_tables(tp, kernel=kernel)
+    return other
+
+
+def test_kernel_selection(tps):
+    from jaxbatmobile._src.tensor_product import KERNEL_GENERIC, KERNEL_UVU
+
+    for name in ("mace-large", "mace-medium", "nequip-parity", "nequix-nonuniform"):
+        assert tps(name)._tables.kernel == KERNEL_UVU, name
+    for name in ("uvw-fc", "mixed-l4"):  # uvw paths; degree 4 beyond the generated CG blocks
+        assert tps(name)._tables.kernel == KERNEL_GENERIC, name
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_uvu_kernel_matches_generic_kernel(rng, shared):
+    """Both kernels on one uvu problem with unweighted paths and custom path weights: values, every
+    first derivative (vjp) and a jvp whose weight tangent drops the unweighted paths."""
+    i1, i2, io = "5x0e+3x1o+2x2e+2x3o", SH3, "5x0e+3x1o+2x2e+2x3o"
+    ins = [(a, b, c, "uvu", (a + b + c) % 3 != 0, 0.7 + 0.1 * n)
+           for n, (a, b, c, *_) in enumerate(jb.channelwise_instructions(i1, i2, io))]
+    tp = jb.TensorProduct(i1, i2, io, ins)
+    fast, generic = _with_kernel(tp, "auto"), _with_kernel(tp, "generic")
+    from jaxbatmobile._src.tensor_product import KERNEL_UVU
+
+    assert fast._tables.kernel == KERNEL_UVU and any(not i.has_weight for i in tp.instructions)
+    x, y, w = _inputs(rng, tp, (9,), np.float64, shared)
+    g = rng.normal(size=(9, tp.irreps_out.dim))
+    tangents = tuple(rng.normal(size=a.shape) for a in (x, y, w))
+    for kernel_tp in (fast, generic):
+        out, vjp = jax.vjp(lambda x, y, w: kernel_tp(x, y, w), x, y, w)
+        results = [out, *vjp(g), jax.jvp(lambda x, y, w: kernel_tp(x, y, w), (x, y, w), tangents)[1]]
+        if kernel_tp is fast:
+            expected = results
+        else:
+            for a, b in zip(results, expected):
+                assert_close(a, b, 1e-13)
+    assert_close(expected[0], _ref(tp, x, y, w, shared), 1e-12)

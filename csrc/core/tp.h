@@ -7,8 +7,8 @@
 // of a multilinear map is again such a gradient, every derivative of every order is one of these calls
 // (csrc/../jaxbatmobile/_src/tensor_product.py wires them).
 //
-// A problem is a table of paths (TpPath) and a list of CG entries with the path's normalisation folded
-// into the coefficient. Paths without weights contribute c·x·y·z: that part does not depend on w, so a
+// A problem is a table of paths (TpPath), a list of CG entries and one normalisation factor per path
+// (its "path weight", e3nn's path/irrep normalisation). Paths without weights contribute c·x·y·z: that part does not depend on w, so a
 // call whose w operand is a tangent (not the weights) must leave it out (TpCall::with_unweighted).
 // A path's work is split into independent "items" (one (u, v) pair for uvu, one
 // (u, v, w) triple for uvw); an item adds its contributions through a caller-supplied `add(index, value)`
@@ -21,6 +21,9 @@ namespace jbm::core {
 
 enum class TpSlot : int32_t { kX = 0, kY = 1, kW = 2, kZ = 3 };
 enum class TpMode : int32_t { kUvu = 0, kUvw = 1 };
+// Which implementation serves a problem: the generic item loop below, or the unrolled channelwise
+// one of csrc/core/tp_uvu.h (chosen in Python, where the problem is known; see tp_uvu.h).
+enum class TpKernel : int32_t { kGeneric = 0, kUvu = 1 };
 
 // One instruction, flattened (int32 fields, the layout of the Python table in tensor_product.py).
 struct TpPath {
@@ -42,8 +45,9 @@ JBM_HD int64_t tp_path_items(const TpPath& p) {
 
 // Contributions of one item of path `p` to the operand in slot SLOT. `cg_ijk` holds 3 ints per entry.
 // Pointers x, y, w, z are rows (w may be a shared weight vector); the one of SLOT is not read.
+// `pw` is the path's normalisation factor.
 template <TpSlot SLOT, typename T, typename Add>
-JBM_HD void tp_item(const TpPath& p, int64_t item, bool with_unweighted, const T* x, const T* y, const T* w,
+JBM_HD void tp_item(const TpPath& p, int64_t item, T pw, bool with_unweighted, const T* x, const T* y, const T* w,
                     const T* z, const int32_t* cg_ijk, const T* cg_c, Add&& add) {
   int32_t u, v, o;
   int64_t widx;
@@ -65,7 +69,7 @@ JBM_HD void tp_item(const TpPath& p, int64_t item, bool with_unweighted, const T
   const int32_t xo = p.off1 + u * p.dim1;
   const int32_t yo = p.off2 + v * p.dim2;
   const int32_t zo = p.off_out + o * p.dim_out;
-  const T wv = (SLOT != TpSlot::kW && weighted) ? w[widx] : T(1);
+  const T wv = pw * ((SLOT != TpSlot::kW && weighted) ? w[widx] : T(1));
   T wsum = T(0);
   for (int32_t e = p.cg_begin; e < p.cg_end; ++e) {
     const int32_t i = cg_ijk[3 * e], j = cg_ijk[3 * e + 1], k = cg_ijk[3 * e + 2];
@@ -80,7 +84,7 @@ JBM_HD void tp_item(const TpPath& p, int64_t item, bool with_unweighted, const T
       wsum += c * x[xo + i] * y[yo + j] * z[zo + k];
     }
   }
-  if constexpr (SLOT == TpSlot::kW) add(widx, wsum);
+  if constexpr (SLOT == TpSlot::kW) add(widx, wv * wsum);
 }
 
 // What one call computes (everything but the data pointers).
@@ -92,6 +96,7 @@ struct TpCall {
   int32_t dim_x, dim_y, dim_z, num_w;  // row widths of the four operands
   bool shared_w;       // weights are one vector for all rows (else one row each)
   bool with_unweighted;  // include the paths without weights (false when w holds a tangent)
+  TpKernel kernel;
   JBM_HD int64_t out_width() const {
     switch (slot) {
       case TpSlot::kX: return dim_x;

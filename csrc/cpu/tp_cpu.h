@@ -1,38 +1,66 @@
-// CPU loop over csrc/core/tp.h: rows one after another, every item of every path.
+// CPU loops over csrc/core: rows one after another; the generic kernel runs every item of every path
+// (core/tp.h), the channelwise one every channel of every path (core/tp_uvu.h, the GPU's formulas).
 #pragma once
 
 #include <algorithm>
 
 #include "core/tp.h"
+#include "core/tp_uvu.h"
 
 namespace jbm::cpu {
 
-// ops[s] is the operand of slot s (nullptr for the output slot); out receives the gradient.
-template <typename T>
-void tp(const core::TpCall& c, const core::TpPath* paths, const int32_t* cg_ijk, const T* cg_c,
-        const T* const ops[4], T* out) {
-  using core::TpSlot;
+template <core::TpSlot SLOT, typename T>
+void tp_row_generic(const core::TpCall& c, const core::TpPath* paths, const int32_t* cg_ijk, const T* cg_c,
+                    const T* pw, const T* const row[4], T* acc) {
+  auto add = [acc](int64_t idx, T val) { acc[idx] += val; };
+  for (int32_t pi = 0; pi < c.num_paths; ++pi) {
+    const core::TpPath& p = paths[pi];
+    const int64_t n = core::tp_path_items(p);
+    for (int64_t it = 0; it < n; ++it)
+      core::tp_item<SLOT>(p, it, pw[pi], c.with_unweighted, row[0], row[1], row[2], row[3], cg_ijk, cg_c, add);
+  }
+}
+
+template <core::TpSlot SLOT, typename T>
+void tp_row_uvu(const core::TpCall& c, const core::TpPath* paths, const T* pw, const T* const row[4], T* acc) {
+  for (int32_t pi = 0; pi < c.num_paths; ++pi) {
+    const core::TpPath& p = paths[pi];
+    if (!core::uvu_path_active<SLOT>(p, c.with_unweighted)) continue;
+    core::uvu_dispatch(p, [&](auto l1, auto l2, auto lo) {
+      for (int32_t u = 0; u < p.mul1; ++u)
+        core::uvu_apply<SLOT, decltype(l1)::value, decltype(l2)::value, decltype(lo)::value>(
+            p, u, pw[pi], row[0], row[1], row[2], row[3], acc);
+    });
+  }
+}
+
+template <core::TpSlot SLOT, typename T>
+void tp_slot(const core::TpCall& c, const core::TpPath* paths, const int32_t* cg_ijk, const T* cg_c, const T* pw,
+             const T* const ops[4], T* out) {
   const int64_t width = c.out_width();
-  const int64_t out_rows = c.reduces_rows() ? 1 : c.rows;
-  std::fill(out, out + out_rows * width, T(0));
   const int64_t widths[4] = {c.dim_x, c.dim_y, c.shared_w ? 0 : c.num_w, c.dim_z};
   for (int64_t r = 0; r < c.rows; ++r) {
     const T* row[4];
     for (int s = 0; s < 4; ++s) row[s] = ops[s] ? ops[s] + r * widths[s] : nullptr;
     T* acc = c.reduces_rows() ? out : out + r * width;
-    auto add = [acc](int64_t idx, T val) { acc[idx] += val; };
-    for (int32_t pi = 0; pi < c.num_paths; ++pi) {
-      const core::TpPath& p = paths[pi];
-      const int64_t n = core::tp_path_items(p);
-      for (int64_t it = 0; it < n; ++it) {
-        switch (c.slot) {
-          case TpSlot::kX: core::tp_item<TpSlot::kX>(p, it, c.with_unweighted, row[0], row[1], row[2], row[3], cg_ijk, cg_c, add); break;
-          case TpSlot::kY: core::tp_item<TpSlot::kY>(p, it, c.with_unweighted, row[0], row[1], row[2], row[3], cg_ijk, cg_c, add); break;
-          case TpSlot::kW: core::tp_item<TpSlot::kW>(p, it, c.with_unweighted, row[0], row[1], row[2], row[3], cg_ijk, cg_c, add); break;
-          case TpSlot::kZ: core::tp_item<TpSlot::kZ>(p, it, c.with_unweighted, row[0], row[1], row[2], row[3], cg_ijk, cg_c, add); break;
-        }
-      }
-    }
+    if (c.kernel == core::TpKernel::kUvu)
+      tp_row_uvu<SLOT>(c, paths, pw, row, acc);
+    else
+      tp_row_generic<SLOT>(c, paths, cg_ijk, cg_c, pw, row, acc);
+  }
+}
+
+// ops[s] is the operand of slot s (nullptr for the output slot); out receives the gradient.
+template <typename T>
+void tp(const core::TpCall& c, const core::TpPath* paths, const int32_t* cg_ijk, const T* cg_c, const T* pw,
+        const T* const ops[4], T* out) {
+  using core::TpSlot;
+  std::fill(out, out + (c.reduces_rows() ? 1 : c.rows) * c.out_width(), T(0));
+  switch (c.slot) {
+    case TpSlot::kX: return tp_slot<TpSlot::kX>(c, paths, cg_ijk, cg_c, pw, ops, out);
+    case TpSlot::kY: return tp_slot<TpSlot::kY>(c, paths, cg_ijk, cg_c, pw, ops, out);
+    case TpSlot::kW: return tp_slot<TpSlot::kW>(c, paths, cg_ijk, cg_c, pw, ops, out);
+    case TpSlot::kZ: return tp_slot<TpSlot::kZ>(c, paths, cg_ijk, cg_c, pw, ops, out);
   }
 }
 

@@ -10,20 +10,21 @@ namespace {
 
 template <typename T>
 void run(const core::TpCall& c, const TpBuffers& bufs, const ffi::AnyBuffer& paths, const ffi::AnyBuffer& cg_ijk,
-         const ffi::AnyBuffer& cg_c, ffi::AnyBuffer& out) {
+         const ffi::AnyBuffer& cg_c, const ffi::AnyBuffer& pw, ffi::AnyBuffer& out) {
   const T* ops[4];
   for (int s = 0; s < 4; ++s) ops[s] = bufs.ops[s] ? static_cast<const T*>(bufs.ops[s]->untyped_data()) : nullptr;
   cpu::tp<T>(c, static_cast<const core::TpPath*>(paths.untyped_data()),
-             static_cast<const int32_t*>(cg_ijk.untyped_data()), static_cast<const T*>(cg_c.untyped_data()), ops,
+             static_cast<const int32_t*>(cg_ijk.untyped_data()), static_cast<const T*>(cg_c.untyped_data()),
+             static_cast<const T*>(pw.untyped_data()), ops,
              static_cast<T*>(out.untyped_data()));
 }
 
 ffi::Error tp_cpu(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer c, ffi::AnyBuffer paths, ffi::AnyBuffer cg_ijk,
-                  ffi::AnyBuffer cg_c, ffi::Result<ffi::AnyBuffer> out, int32_t slot, int32_t shared_w, int32_t with_unweighted,
-                  int32_t dim_x, int32_t dim_y, int32_t dim_z, int32_t num_w, int64_t num_items) {
+                  ffi::AnyBuffer cg_c, ffi::AnyBuffer pw, ffi::Result<ffi::AnyBuffer> out, int32_t slot, int32_t shared_w, int32_t with_unweighted,
+                  int32_t dim_x, int32_t dim_y, int32_t dim_z, int32_t num_w, int64_t num_items, int32_t kernel) {
   TpBuffers bufs;
   core::TpCall call;
-  ffi::Error error = check_tp(a, b, c, paths, cg_ijk, cg_c, *out, slot, shared_w, with_unweighted, dim_x, dim_y, dim_z, num_w, num_items,
+  ffi::Error error = check_tp(a, b, c, paths, cg_ijk, cg_c, pw, *out, slot, shared_w, with_unweighted, dim_x, dim_y, dim_z, num_w, num_items, kernel,
                        &bufs, &call);
   if (error.failure()) return error;
   ffi::Error table = check_tp_paths(call, static_cast<const core::TpPath*>(paths.untyped_data()),
@@ -31,9 +32,9 @@ ffi::Error tp_cpu(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer c, ffi::Any
                                     static_cast<int64_t>(cg_c.element_count()));
   if (table.failure()) return table;
   if (a.element_type() == ffi::DataType::F32) {
-    run<float>(call, bufs, paths, cg_ijk, cg_c, *out);
+    run<float>(call, bufs, paths, cg_ijk, cg_c, pw, *out);
   } else {
-    run<double>(call, bufs, paths, cg_ijk, cg_c, *out);
+    run<double>(call, bufs, paths, cg_ijk, cg_c, pw, *out);
   }
   return ffi::Error::Success();
 }

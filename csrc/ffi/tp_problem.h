@@ -1,11 +1,13 @@
 // Validation of a tensor-product call, shared by the CPU and CUDA handlers.
 //
 // Operands: the three slots other than the output slot, in slot order (x, y, w, z), then the problem
-// tables: paths int32[P, 14], cg_ijk int32[E, 3], cg_c T[E]. Attributes: slot, shared_w, widths.
+// tables: paths int32[P, 14], cg_ijk int32[E, 3], cg_c T[E], path_weight T[P]. Attributes: slot,
+// shared_w, with_unweighted, widths, kernel (core::TpKernel).
 #pragma once
 
 #include <array>
 
+#include "core/generated/cg_blocks.h"
 #include "core/tp.h"
 #include "ffi/common.h"
 
@@ -19,13 +21,15 @@ struct TpBuffers {
 
 inline xla::ffi::Error check_tp(const xla::ffi::AnyBuffer& a, const xla::ffi::AnyBuffer& b,
                                                 const xla::ffi::AnyBuffer& c, const xla::ffi::AnyBuffer& paths,
-                                                const xla::ffi::AnyBuffer& cg_ijk, const xla::ffi::AnyBuffer& cg_c,
-                                                const xla::ffi::AnyBuffer& out, int32_t slot, int32_t shared_w, int32_t with_unweighted,
-                                                int32_t dim_x, int32_t dim_y, int32_t dim_z, int32_t num_w,
-                                                int64_t num_items, TpBuffers* bufs, core::TpCall* out_call) {
+                                const xla::ffi::AnyBuffer& cg_ijk, const xla::ffi::AnyBuffer& cg_c,
+                                const xla::ffi::AnyBuffer& path_weight, const xla::ffi::AnyBuffer& out, int32_t slot,
+                                int32_t shared_w, int32_t with_unweighted, int32_t dim_x, int32_t dim_y, int32_t dim_z,
+                                int32_t num_w, int64_t num_items, int32_t kernel, TpBuffers* bufs,
+                                core::TpCall* out_call) {
   using ffi_util::invalid;
   namespace ffi = xla::ffi;
   if (slot < 0 || slot > 3) return invalid("slot of ", kTpOp, " must be in [0, 3], got ", slot);
+  if (kernel < 0 || kernel > 1) return invalid("kernel of ", kTpOp, " must be 0 or 1, got ", kernel);
   const char* names[4] = {"x", "y", "weights", "z"};
   const ffi::AnyBuffer* in[3] = {&a, &b, &c};
   for (int s = 0, k = 0; s < 4; ++s) bufs->ops[s] = s == slot ? nullptr : in[k++];
@@ -38,7 +42,8 @@ inline xla::ffi::Error check_tp(const xla::ffi::AnyBuffer& a, const xla::ffi::An
       return invalid(names[s], " of ", kTpOp, " has dtype ", ffi_util::dtype_name(buf->element_type()),
                     ", expected ", ffi_util::dtype_name(dt));
   }
-  if (cg_c.element_type() != dt) return invalid("CG coefficients of ", kTpOp, " must have the operands' dtype");
+  if (cg_c.element_type() != dt || path_weight.element_type() != dt)
+    return invalid("CG coefficients and path weights of ", kTpOp, " must have the operands' dtype");
   if (paths.element_type() != ffi::DataType::S32 || cg_ijk.element_type() != ffi::DataType::S32)
     return invalid("path and CG index tables of ", kTpOp, " must be int32");
   if (paths.element_count() % core::kTpPathFields != 0)
@@ -51,7 +56,10 @@ inline xla::ffi::Error check_tp(const xla::ffi::AnyBuffer& a, const xla::ffi::An
 
   core::TpCall call{static_cast<core::TpSlot>(slot), 0,
                     static_cast<int32_t>(paths.element_count() / core::kTpPathFields), num_items,
-                    dim_x, dim_y, dim_z, num_w, shared_w != 0, with_unweighted != 0};
+                    dim_x, dim_y, dim_z, num_w, shared_w != 0, with_unweighted != 0,
+                    static_cast<core::TpKernel>(kernel)};
+  if (static_cast<int64_t>(path_weight.element_count()) != call.num_paths)
+    return invalid("path weights of ", kTpOp, " must have one entry per path");
   const int64_t widths[4] = {dim_x, dim_y, num_w, dim_z};
   // Rows come from x (or y when x is the output).
   const int rows_slot = slot == 0 ? 1 : 0;
@@ -83,6 +91,11 @@ inline xla::ffi::Error check_tp_paths(const core::TpCall& c, const core::TpPath*
         (p.off_w < 0 || p.off_w + core::tp_path_items(p) <= c.num_w) && p.cg_begin >= 0 &&
         p.cg_begin <= p.cg_end && p.cg_end <= num_cg && p.item_begin == items;
     if (!ok) return ffi_util::invalid("path ", i, " of ", kTpOp, " does not fit the operand widths");
+    // The unrolled kernel reads 2l+1 values per irrep from compile-time degrees: hold it to its domain.
+    const auto small = [](int32_t dim) { return dim % 2 == 1 && dim <= 2 * core::kCgMaxL + 1; };
+    if (c.kernel == core::TpKernel::kUvu &&
+        !(p.mode == 0 && p.mul2 == 1 && small(p.dim1) && small(p.dim2) && small(p.dim_out)))
+      return ffi_util::invalid("path ", i, " of ", kTpOp, " is not served by the channelwise kernel");
     for (int32_t e = p.cg_begin; e < p.cg_end; ++e)
       if (cg_ijk[3 * e] < 0 || cg_ijk[3 * e] >= p.dim1 || cg_ijk[3 * e + 1] < 0 || cg_ijk[3 * e + 1] >= p.dim2 ||
           cg_ijk[3 * e + 2] < 0 || cg_ijk[3 * e + 2] >= p.dim_out)
@@ -97,7 +110,7 @@ inline xla::ffi::Error check_tp_paths(const core::TpCall& c, const core::TpPath*
 
 #define JBM_TP_BIND                                                                                \
   .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()         \
-      .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()                            \
-      .Attr<int32_t>("slot").Attr<int32_t>("shared_w").Attr<int32_t>("with_unweighted")    \
-      .Attr<int32_t>("dim_x").Attr<int32_t>("dim_y") \
-      .Attr<int32_t>("dim_z").Attr<int32_t>("num_w").Attr<int64_t>("num_items")
+      .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()      \
+      .Attr<int32_t>("slot").Attr<int32_t>("shared_w").Attr<int32_t>("with_unweighted")               \
+      .Attr<int32_t>("dim_x").Attr<int32_t>("dim_y").Attr<int32_t>("dim_z").Attr<int32_t>("num_w")    \
+      .Attr<int64_t>("num_items").Attr<int32_t>("kernel")

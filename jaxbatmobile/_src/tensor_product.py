@@ -31,12 +31,13 @@ import numpy as np
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from jaxbatmobile._src import ffi
+from jaxbatmobile._src import ffi, tables as coefficient_tables
 
 SLOT_X, SLOT_Y, SLOT_W, SLOT_Z = 0, 1, 2, 3
 _SLOT_NAMES = ("x", "y", "weights", "output")
 _MODES = {"uvu": 0, "uvw": 1}
 _PATH_FIELDS = 14  # csrc/core/tp.h, TpPath
+KERNEL_GENERIC, KERNEL_UVU = 0, 1  # csrc/core/tp.h, TpKernel
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -45,9 +46,11 @@ class _Tables:
 
     paths: np.ndarray  # int32 [P, 14]
     cg_ijk: np.ndarray  # int32 [E, 3]
-    cg_coef: np.ndarray  # float64 [E]
+    cg_coef: np.ndarray  # float64 [E], e3nn's real CG coefficients
+    path_weight: np.ndarray  # float64 [P], e3nn's path normalisation
     num_items: int
     dims: tuple  # (dim_x, dim_y, dim_z, num_w)
+    kernel: int  # KERNEL_GENERIC or KERNEL_UVU (csrc/core/tp.h, TpKernel)
 
 
 class TensorProduct:
@@ -134,10 +137,11 @@ def _check_instructions(in1, in2, out, instructions):
             raise ValueError(f"TensorProduct: instruction {n}: uvw paths must have weights")
 
 
-def _build_tables(tp: TensorProduct) -> _Tables:
+def _build_tables(tp: TensorProduct, kernel: str = "auto") -> _Tables:
+    """Flatten the instructions for the kernels. ``kernel="generic"`` forces the generic kernel (tests)."""
     off1, off2, offo = (np.concatenate([[0], np.cumsum([m.dim for m in irreps])]).astype(int)
                         for irreps in (tp.irreps_in1, tp.irreps_in2, tp.irreps_out))
-    paths, ijk, coef = [], [], []
+    paths, ijk, coef, path_weight = [], [], [], []
     off_w = item = 0
     for ins in tp.instructions:
         (mul1, ir1), (mul2, ir2), (mulo, iro) = tp.irreps_in1[ins.i_in1], tp.irreps_in2[ins.i_in2], tp.irreps_out[ins.i_out]
@@ -145,11 +149,11 @@ def _build_tables(tp: TensorProduct) -> _Tables:
         if mul1 == 0 or mul2 == 0 or mulo == 0 or ins.path_weight == 0:
             off_w += n_w
             continue
-        cg = np.asarray(e3nn.clebsch_gordan(ir1.l, ir2.l, iro.l), dtype=np.float64) * ins.path_weight
-        nz = np.argwhere(np.abs(cg) > 1e-14)
+        entries = coefficient_tables.cg_entries(ir1.l, ir2.l, iro.l)
         begin = len(coef)
-        ijk.extend(nz.tolist())
-        coef.extend(cg[tuple(nz.T)].tolist())
+        ijk.extend([i, j, k] for i, j, k, _ in entries)
+        coef.extend(c for *_, c in entries)
+        path_weight.append(ins.path_weight)
         mode = _MODES[ins.connection_mode]
         paths.append([mode, mul1, mul2, mulo, off1[ins.i_in1], off2[ins.i_in2], offo[ins.i_out],
                       off_w if ins.has_weight else -1, ir1.dim, ir2.dim, iro.dim, begin, len(coef), item])
@@ -158,12 +162,20 @@ def _build_tables(tp: TensorProduct) -> _Tables:
     assert off_w == tp.weight_numel
     if item >= 2**31:
         raise ValueError(f"TensorProduct: {item} work items per row is more than the kernels support")
+    paths = np.asarray(paths, np.int32).reshape(-1, _PATH_FIELDS)
+    # The unrolled channelwise kernel serves problems whose every path is uvu with a single-channel y
+    # irrep (MACE, NequIP, Nequix) and degrees it has CG blocks for (csrc/core/tp_uvu.h).
+    uvu = len(paths) > 0 and all(
+        p[0] == _MODES["uvu"] and p[2] == 1 and max(p[8], p[9], p[10]) <= 2 * coefficient_tables.CG_MAX_L + 1
+        for p in paths)
     return _Tables(
-        paths=np.asarray(paths, np.int32).reshape(-1, _PATH_FIELDS),
+        paths=paths,
         cg_ijk=np.asarray(ijk, np.int32).reshape(-1, 3),
         cg_coef=np.asarray(coef, np.float64),
+        path_weight=np.asarray(path_weight, np.float64),
         num_items=item,
         dims=(tp.irreps_in1.dim, tp.irreps_in2.dim, tp.irreps_out.dim, tp.weight_numel),
+        kernel=KERNEL_UVU if uvu and kernel == "auto" else KERNEL_GENERIC,
     )
 
 
@@ -239,15 +251,16 @@ ffi.define_impl(tp_p)
 
 def _lowering(ctx, a, b, c, *, tables, slot, shared, unweighted):
     dtype = ctx.avals_in[0].dtype
-    consts = [jnp.asarray(tables.paths), jnp.asarray(tables.cg_ijk), jnp.asarray(tables.cg_coef.astype(dtype))]
+    consts = [jnp.asarray(tables.paths), jnp.asarray(tables.cg_ijk), jnp.asarray(tables.cg_coef.astype(dtype)),
+              jnp.asarray(tables.path_weight.astype(dtype))]
     dim_x, dim_y, dim_z, num_w = tables.dims
 
-    def call(a, b, c, paths, cg_ijk, cg_coef):
+    def call(a, b, c, paths, cg_ijk, cg_coef, path_weight):
         return jax.ffi.ffi_call("jbm_tp", jax.ShapeDtypeStruct(ctx.avals_out[0].shape, dtype))(
-            a, b, c, paths, cg_ijk, cg_coef, slot=np.int32(slot), shared_w=np.int32(shared),
+            a, b, c, paths, cg_ijk, cg_coef, path_weight, slot=np.int32(slot), shared_w=np.int32(shared),
             with_unweighted=np.int32(unweighted),
             dim_x=np.int32(dim_x), dim_y=np.int32(dim_y), dim_z=np.int32(dim_z), num_w=np.int32(num_w),
-            num_items=np.int64(tables.num_items))
+            num_items=np.int64(tables.num_items), kernel=np.int32(tables.kernel))
 
     return mlir.lower_fun(lambda a, b, c: [call(a, b, c, *consts)], multiple_results=True)(ctx, a, b, c)
 
