@@ -285,9 +285,10 @@ def test_kernel_selection(tps):
 
 @pytest.mark.parametrize("shared", [False, True])
 def test_uvu_kernel_matches_generic_kernel(rng, shared):
-    """Both kernels on one uvu problem with unweighted paths and custom path weights: values, every
-    first derivative (vjp) and a jvp whose weight tangent drops the unweighted paths."""
-    i1, i2, io = "5x0e+3x1o+2x2e+2x3o", SH3, "5x0e+3x1o+2x2e+2x3o"
+    """Both kernels on one uvu problem with unweighted paths, custom path weights, an input irrep no
+    path reads (its gradient is zero) and an output irrep no path writes: values, every first
+    derivative (vjp) and a jvp whose weight tangent drops the unweighted paths."""
+    i1, i2, io = "5x0e+3x1o+2x2e+2x3o+2x0o", SH3, "5x0e+3x1o+2x2e+2x3o+7x4e"
     ins = [(a, b, c, "uvu", (a + b + c) % 3 != 0, 0.7 + 0.1 * n)
            for n, (a, b, c, *_) in enumerate(jb.channelwise_instructions(i1, i2, io))]
     tp = jb.TensorProduct(i1, i2, io, ins)
@@ -295,6 +296,7 @@ def test_uvu_kernel_matches_generic_kernel(rng, shared):
     from jaxbatmobile._src.tensor_product import KERNEL_UVU
 
     assert fast._tables.kernel == KERNEL_UVU and any(not i.has_weight for i in tp.instructions)
+    assert fast._tables.zero_fill == 0b1001  # x and z have elements no path touches
     x, y, w = _inputs(rng, tp, (9,), np.float64, shared)
     g = rng.normal(size=(9, tp.irreps_out.dim))
     tangents = tuple(rng.normal(size=a.shape) for a in (x, y, w))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # One call on the device machine: install peers' wheels, build, test, benchmark. Logs under $OUT.
-# Usage (from the repo root, on the GPU machine): bash tools/gpu_run.sh [pytest args...]
+# Usage (from the repo root, on the GPU machine): source tools/gpu_run.sh [pytest args, default: tests]
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1
@@ -12,4 +12,4 @@ python3 -m pip install -v --no-build-isolation --no-deps -e . > "$OUT/build.log"
 grep -E "jaxbatmobile: building|spill|stack frame" "$OUT/build.log" | sort | uniq -c | sort -rn | head -8
 echo "build: $(( $(date +%s) - t0 )) s"
 python3 -c "import jaxbatmobile as jb, jax; print(jb.build_info(), jax.devices())"
-python3 -m pytest -q tests "$@" 2>&1 | tee "$OUT/pytest.log" | tail -15
+python3 -m pytest -q "${@:-tests}" 2>&1 | tee "$OUT/pytest.log" | tail -15

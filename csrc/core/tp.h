@@ -97,6 +97,7 @@ struct TpCall {
   bool shared_w;       // weights are one vector for all rows (else one row each)
   bool with_unweighted;  // include the paths without weights (false when w holds a tangent)
   TpKernel kernel;
+  int32_t zero_fill;     // bit s: some elements of operand s are written by no path (start from zero)
   JBM_HD int64_t out_width() const {
     switch (slot) {
       case TpSlot::kX: return dim_x;

@@ -76,104 +76,134 @@ __global__ void __launch_bounds__(kThreads) tp_kernel(TpCall c, const TpPath* __
 
 
 // ---- channelwise kernel ----------------------------------------------------------------------------
+//
+// Thread (row, channel u). e3nn's layout puts a channel's 2l+1 components side by side, so a warp's
+// loads of x[u, i] are strided; L1 serves the other components of the same lines, so each byte still
+// crosses HBM once. Outputs of slots z and x are accumulated in registers over every path that
+// writes the same irrep block and stored once; the weight gradient is one store per path; the y
+// gradient, a sum over channels, goes through per-thread partials in shared memory and a warp
+// reduction at the end of the row.
 
-// Shared memory of tp_uvu_kernel after the path table and path weights, in elements of T. The host
-// (launch) and the device compute it with this same function.
-struct UvuSmem {
-  int64_t tile[4];      // offset of each input operand's row (slot order), -1 for the output slot
-  int64_t acc;          // offset of the output accumulator
-  int64_t part_stride;  // slot y: distance between the threads' partial y rows (odd: no bank conflicts)
-  int64_t elems;        // total
-};
-
-__host__ __device__ inline UvuSmem uvu_smem(const TpCall& c, int threads) {
-  UvuSmem m{};
-  const int64_t widths[4] = {c.dim_x, c.dim_y, c.num_w, c.dim_z};
-  int64_t n = 0;
-  for (int s = 0; s < 4; ++s) {
-    m.tile[s] = s == static_cast<int>(c.slot) ? -1 : n;
-    if (s != static_cast<int>(c.slot)) n += widths[s];
-  }
-  m.acc = n;
-  m.part_stride = c.dim_y | 1;
-  n += c.slot == TpSlot::kY ? threads * m.part_stride : c.out_width();
-  m.elems = n;
-  return m;
-}
-
+// Shared memory of tp_uvu_kernel: path table, path weights, then (slot y) the threads' partial y rows.
 __host__ __device__ inline size_t uvu_table_bytes(const TpCall& c, size_t elem) {
   return align16(c.num_paths * sizeof(TpPath)) + align16(c.num_paths * elem);
 }
+__host__ __device__ inline int64_t uvu_part_stride(const TpCall& c) { return c.dim_y | 1; }  // odd: no bank conflicts
+__host__ __device__ inline size_t uvu_smem_bytes(const TpCall& c, int threads, size_t elem) {
+  const int64_t extra = c.slot == TpSlot::kY ? threads * uvu_part_stride(c) : c.reduces_rows() ? c.num_w : 0;
+  return uvu_table_bytes(c, elem) + extra * elem;
+}
 
-template <typename T>
-__device__ void copy_row(T* dst, const T* src, int64_t n) {
-  for (int64_t k = threadIdx.x; k < n; k += blockDim.x) dst[k] = src[k];
+// The irreps block a path writes in slot SLOT's operand (z: its output block, x: its first input).
+template <TpSlot SLOT>
+__device__ int32_t uvu_target(const TpPath& p) { return SLOT == TpSlot::kZ ? p.off_out : p.off1; }
+
+// Slots z and x: out[u, :] of one block, summed over the paths writing it, for rows' operands x, y, w, z.
+template <TpSlot SLOT, int LT, typename T>
+__device__ void uvu_block(const TpCall& c, const TpPath* paths, const T* pw, int32_t first, int32_t u,
+                          const T* x, const T* y, const T* w, const T* z, T* out) {
+  constexpr int DT = 2 * LT + 1;
+  T acc[DT];
+  for (int k = 0; k < DT; ++k) acc[k] = T(0);
+  const int32_t target = uvu_target<SLOT>(paths[first]);
+  for (int32_t pi = first; pi < c.num_paths; ++pi) {
+    const TpPath& p = paths[pi];
+    if (uvu_target<SLOT>(p) != target || !core::uvu_path_active<SLOT>(p, c.with_unweighted)) continue;
+    const T scale = p.off_w >= 0 ? pw[pi] * w[p.off_w + u] : pw[pi];
+    core::uvu_dispatch(p, [&](auto l1, auto l2, auto lo) {
+      constexpr int L1 = decltype(l1)::value, L2 = decltype(l2)::value, LO = decltype(lo)::value;
+      if constexpr ((SLOT == TpSlot::kZ ? LO : L1) == LT) {
+        const T* xu = SLOT == TpSlot::kX ? nullptr : x + p.off1 + u * (2 * L1 + 1);
+        const T* zu = SLOT == TpSlot::kZ ? nullptr : z + p.off_out + u * (2 * LO + 1);
+        core::uvu_channel<L1, L2, LO, SLOT>(xu, y + p.off2, zu, scale, acc);
+      }
+    });
+  }
+  T* dst = out + target + u * DT;
+  for (int k = 0; k < DT; ++k) dst[k] = acc[k];
 }
 
 template <TpSlot SLOT, typename T>
 __global__ void __launch_bounds__(kThreads) tp_uvu_kernel(TpCall c, const TpPath* __restrict__ paths_g,
-                                                          const T* __restrict__ pw_g, const T* x, const T* y,
-                                                          const T* w, const T* z, T* __restrict__ out) {
+                                                          const T* __restrict__ pw_g, const T* __restrict__ x,
+                                                          const T* __restrict__ y, const T* __restrict__ w,
+                                                          const T* __restrict__ z, T* __restrict__ out) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   TpPath* paths = reinterpret_cast<TpPath*>(smem_raw);
   T* pw = reinterpret_cast<T*>(smem_raw + align16(c.num_paths * sizeof(TpPath)));
-  T* data = reinterpret_cast<T*>(smem_raw + uvu_table_bytes(c, sizeof(T)));
+  T* scratch = reinterpret_cast<T*>(smem_raw + uvu_table_bytes(c, sizeof(T)));
   for (int k = threadIdx.x; k < c.num_paths * core::kTpPathFields; k += blockDim.x)
     reinterpret_cast<int32_t*>(paths)[k] = reinterpret_cast<const int32_t*>(paths_g)[k];
   for (int k = threadIdx.x; k < c.num_paths; k += blockDim.x) pw[k] = pw_g[k];
-
-  const UvuSmem m = uvu_smem(c, blockDim.x);
-  const T* ops[4] = {x, y, w, z};
-  const int64_t widths[4] = {c.dim_x, c.dim_y, c.num_w, c.dim_z};
-  T* tiles[4];
-  for (int s = 0; s < 4; ++s) tiles[s] = m.tile[s] >= 0 ? data + m.tile[s] : nullptr;
-  T* acc = data + m.acc;
   const bool reduce = c.reduces_rows();
-  const bool staged_w = SLOT != TpSlot::kW && c.shared_w;  // shared weights: staged once per block
-  if (staged_w) copy_row(tiles[2], w, c.num_w);
   if (reduce)
-    for (int64_t k = threadIdx.x; k < c.num_w; k += blockDim.x) acc[k] = T(0);
+    for (int64_t k = threadIdx.x; k < c.num_w; k += blockDim.x) scratch[k] = T(0);
+  __syncthreads();
 
+  const int64_t stride = uvu_part_stride(c);
   for (int64_t r = blockIdx.x; r < c.rows; r += gridDim.x) {
-    for (int s = 0; s < 4; ++s)
-      if (s != static_cast<int>(SLOT) && !(s == 2 && c.shared_w)) copy_row(tiles[s], ops[s] + r * widths[s], widths[s]);
-    if (!reduce) {
-      const int64_t n = SLOT == TpSlot::kY ? blockDim.x * m.part_stride : c.out_width();
-      for (int64_t k = threadIdx.x; k < n; k += blockDim.x) acc[k] = T(0);
-    }
-    __syncthreads();
-
-    T* dst = SLOT == TpSlot::kY ? acc + threadIdx.x * m.part_stride : acc;
-    for (int32_t pi = 0; pi < c.num_paths; ++pi) {
-      const TpPath& p = paths[pi];
-      if (!core::uvu_path_active<SLOT>(p, c.with_unweighted)) continue;
-      core::uvu_dispatch(p, [&](auto l1, auto l2, auto lo) {
-        for (int32_t u = threadIdx.x; u < p.mul1; u += blockDim.x)
-          core::uvu_apply<SLOT, decltype(l1)::value, decltype(l2)::value, decltype(lo)::value>(
-              p, u, pw[pi], tiles[0], tiles[1], tiles[2], tiles[3], dst);
-      });
-    }
-    __syncthreads();
-
-    if (!reduce) {
+    const T* xr = x ? x + r * c.dim_x : nullptr;
+    const T* yr = y ? y + r * c.dim_y : nullptr;
+    const T* wr = w ? (c.shared_w ? w : w + r * c.num_w) : nullptr;
+    const T* zr = z ? z + r * c.dim_z : nullptr;
+    if constexpr (SLOT == TpSlot::kZ || SLOT == TpSlot::kX) {
+      T* orow = out + r * c.out_width();
+      for (int32_t first = 0; first < c.num_paths; ++first) {
+        // Each block once: at the first path that writes it.
+        const int32_t target = uvu_target<SLOT>(paths[first]);
+        bool seen = false;
+        for (int32_t q = 0; q < first && !seen; ++q) seen = uvu_target<SLOT>(paths[q]) == target;
+        if (seen) continue;
+        const TpPath& p = paths[first];
+        const int lt = ((SLOT == TpSlot::kZ ? p.dim_out : p.dim1) - 1) / 2;
+        for (int32_t u = threadIdx.x; u < p.mul1; u += blockDim.x) {
+          switch (lt) {
+            case 0: uvu_block<SLOT, 0>(c, paths, pw, first, u, xr, yr, wr, zr, orow); break;
+            case 1: uvu_block<SLOT, 1>(c, paths, pw, first, u, xr, yr, wr, zr, orow); break;
+            case 2: uvu_block<SLOT, 2>(c, paths, pw, first, u, xr, yr, wr, zr, orow); break;
+            default: uvu_block<SLOT, 3>(c, paths, pw, first, u, xr, yr, wr, zr, orow); break;
+          }
+        }
+      }
+    } else {
+      // Slot y: partial rows per thread; slot w: the row of the output (or the block's shared sum).
+      T* dst = SLOT == TpSlot::kY ? scratch + threadIdx.x * stride : reduce ? scratch : out + r * c.num_w;
+      if (SLOT == TpSlot::kY)
+        for (int j = 0; j < c.dim_y; ++j) dst[j] = T(0);
+      for (int32_t pi = 0; pi < c.num_paths; ++pi) {
+        const TpPath& p = paths[pi];
+        if (!core::uvu_path_active<SLOT>(p, c.with_unweighted)) continue;
+        core::uvu_dispatch(p, [&](auto l1, auto l2, auto lo) {
+          constexpr int L1 = decltype(l1)::value, L2 = decltype(l2)::value, LO = decltype(lo)::value;
+          for (int32_t u = threadIdx.x; u < p.mul1; u += blockDim.x) {
+            if (SLOT == TpSlot::kW && !reduce) {
+              const T* xu = xr + p.off1 + u * (2 * L1 + 1);
+              const T* zu = zr + p.off_out + u * (2 * LO + 1);
+              dst[p.off_w + u] = core::uvu_channel<L1, L2, LO, SLOT>(xu, yr + p.off2, zu, pw[pi], dst);
+            } else {
+              core::uvu_apply<SLOT, L1, L2, LO>(p, u, pw[pi], xr, yr, wr, zr, dst);
+            }
+          }
+        });
+      }
       if constexpr (SLOT == TpSlot::kY) {
-        // dy[j] = sum over threads of their partials: warps take components, lanes take threads.
+        __syncthreads();
+        // dy[j] = sum of the threads' partials: warps take components, lanes take threads.
         const int lane = threadIdx.x % 32, warp = threadIdx.x / 32, warps = blockDim.x / 32;
         for (int j = warp; j < c.dim_y; j += warps) {
           T v = T(0);
-          for (int t = lane; t < blockDim.x; t += 32) v += acc[t * m.part_stride + j];
+          for (int t = lane; t < blockDim.x; t += 32) v += scratch[t * stride + j];
           for (int d = 16; d > 0; d /= 2) v += __shfl_down_sync(0xffffffffu, v, d);
           if (lane == 0) out[r * c.dim_y + j] = v;
         }
-      } else {
-        const int64_t width = c.out_width();
-        for (int64_t k = threadIdx.x; k < width; k += blockDim.x) out[r * width + k] = acc[k];
+        __syncthreads();
       }
-      __syncthreads();
     }
   }
-  if (reduce)
-    for (int64_t k = threadIdx.x; k < c.num_w; k += blockDim.x) atomicAdd(out + k, acc[k]);
+  if (reduce) {
+    __syncthreads();
+    for (int64_t k = threadIdx.x; k < c.num_w; k += blockDim.x) atomicAdd(out + k, scratch[k]);
+  }
 }
 
 int multiprocessors() {
@@ -196,19 +226,20 @@ size_t smem_optin_limit() {
   return static_cast<size_t>(bytes);
 }
 
-// Returns false when the problem's rows do not fit in shared memory (the caller then runs tp_kernel).
+// Returns false when the problem's scratch does not fit in shared memory (the caller then runs tp_kernel).
 template <TpSlot SLOT, typename T>
 bool launch_uvu(cudaStream_t stream, const TpCall& c, const TpPath* paths, const T* pw, const T* const ops[4], T* out,
                 cudaError_t* err) {
-  const size_t smem = uvu_table_bytes(c, sizeof(T)) + uvu_smem(c, kThreads).elems * sizeof(T);
+  const size_t smem = uvu_smem_bytes(c, kThreads, sizeof(T));
   if (smem > smem_optin_limit()) return false;
   auto kernel = tp_uvu_kernel<SLOT, T>;
   if (smem > 48 * 1024) {
     *err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (*err != cudaSuccess) return true;
   }
-  if (c.reduces_rows()) {
-    *err = cudaMemsetAsync(out, 0, c.num_w * sizeof(T), stream);
+  // Elements no path writes (and the cross-block sum of shared-weight gradients) start from zero.
+  if (c.reduces_rows() || (c.zero_fill >> static_cast<int>(SLOT)) & 1) {
+    *err = cudaMemsetAsync(out, 0, (c.reduces_rows() ? 1 : c.rows) * c.out_width() * sizeof(T), stream);
     if (*err != cudaSuccess) return true;
   }
   const int64_t max_blocks = c.reduces_rows() ? 4 * multiprocessors() : (int64_t(1) << 20);

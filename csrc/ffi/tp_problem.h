@@ -2,7 +2,7 @@
 //
 // Operands: the three slots other than the output slot, in slot order (x, y, w, z), then the problem
 // tables: paths int32[P, 14], cg_ijk int32[E, 3], cg_c T[E], path_weight T[P]. Attributes: slot,
-// shared_w, with_unweighted, widths, kernel (core::TpKernel).
+// shared_w, with_unweighted, widths, kernel (core::TpKernel), zero_fill.
 #pragma once
 
 #include <array>
@@ -24,7 +24,7 @@ inline xla::ffi::Error check_tp(const xla::ffi::AnyBuffer& a, const xla::ffi::An
                                 const xla::ffi::AnyBuffer& cg_ijk, const xla::ffi::AnyBuffer& cg_c,
                                 const xla::ffi::AnyBuffer& path_weight, const xla::ffi::AnyBuffer& out, int32_t slot,
                                 int32_t shared_w, int32_t with_unweighted, int32_t dim_x, int32_t dim_y, int32_t dim_z,
-                                int32_t num_w, int64_t num_items, int32_t kernel, TpBuffers* bufs,
+                                int32_t num_w, int64_t num_items, int32_t kernel, int32_t zero_fill, TpBuffers* bufs,
                                 core::TpCall* out_call) {
   using ffi_util::invalid;
   namespace ffi = xla::ffi;
@@ -57,7 +57,7 @@ inline xla::ffi::Error check_tp(const xla::ffi::AnyBuffer& a, const xla::ffi::An
   core::TpCall call{static_cast<core::TpSlot>(slot), 0,
                     static_cast<int32_t>(paths.element_count() / core::kTpPathFields), num_items,
                     dim_x, dim_y, dim_z, num_w, shared_w != 0, with_unweighted != 0,
-                    static_cast<core::TpKernel>(kernel)};
+                    static_cast<core::TpKernel>(kernel), zero_fill};
   if (static_cast<int64_t>(path_weight.element_count()) != call.num_paths)
     return invalid("path weights of ", kTpOp, " must have one entry per path");
   const int64_t widths[4] = {dim_x, dim_y, num_w, dim_z};
@@ -113,4 +113,4 @@ inline xla::ffi::Error check_tp_paths(const core::TpCall& c, const core::TpPath*
       .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()      \
       .Attr<int32_t>("slot").Attr<int32_t>("shared_w").Attr<int32_t>("with_unweighted")               \
       .Attr<int32_t>("dim_x").Attr<int32_t>("dim_y").Attr<int32_t>("dim_z").Attr<int32_t>("num_w")    \
-      .Attr<int64_t>("num_items").Attr<int32_t>("kernel")
+      .Attr<int64_t>("num_items").Attr<int32_t>("kernel").Attr<int32_t>("zero_fill")

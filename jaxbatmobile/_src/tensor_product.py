@@ -51,6 +51,7 @@ class _Tables:
     num_items: int
     dims: tuple  # (dim_x, dim_y, dim_z, num_w)
     kernel: int  # KERNEL_GENERIC or KERNEL_UVU (csrc/core/tp.h, TpKernel)
+    zero_fill: int  # bit s: operand s has elements that no path writes (csrc/core/tp.h, TpCall)
 
 
 class TensorProduct:
@@ -169,6 +170,7 @@ def _build_tables(tp: TensorProduct, kernel: str = "auto") -> _Tables:
         p[0] == _MODES["uvu"] and p[2] == 1 and max(p[8], p[9], p[10]) <= 2 * coefficient_tables.CG_MAX_L + 1
         for p in paths)
     return _Tables(
+        zero_fill=_zero_fill(paths, (tp.irreps_in1.dim, tp.irreps_in2.dim, tp.weight_numel, tp.irreps_out.dim)),
         paths=paths,
         cg_ijk=np.asarray(ijk, np.int32).reshape(-1, 3),
         cg_coef=np.asarray(coef, np.float64),
@@ -177,6 +179,22 @@ def _build_tables(tp: TensorProduct, kernel: str = "auto") -> _Tables:
         dims=(tp.irreps_in1.dim, tp.irreps_in2.dim, tp.irreps_out.dim, tp.weight_numel),
         kernel=KERNEL_UVU if uvu and kernel == "auto" else KERNEL_GENERIC,
     )
+
+
+def _zero_fill(paths, widths) -> int:
+    """Bitmask over slots (x, y, w, z): operands with elements that no path writes, which a kernel
+    storing only what paths produce must zero first (e.g. an output irrep no instruction reaches)."""
+    mask = 0
+    for s, width in enumerate(widths):
+        covered = np.zeros(width, bool)
+        for p in paths:
+            mode, mul1, mul2, mulo, off1, off2, offo, off_w, d1, d2, do = (int(v) for v in p[:11])
+            start, size = ((off1, mul1 * d1), (off2, mul2 * d2), (off_w, mul1 * mul2 * (mulo if mode else 1)),
+                           (offo, (mulo if mode else mul1) * do))[s]
+            if start >= 0:
+                covered[start:start + size] = True
+        mask |= int(not covered.all()) << s
+    return mask
 
 
 def _check_call(tp, x, y, w, shared_weights):
@@ -260,7 +278,8 @@ def _lowering(ctx, a, b, c, *, tables, slot, shared, unweighted):
             a, b, c, paths, cg_ijk, cg_coef, path_weight, slot=np.int32(slot), shared_w=np.int32(shared),
             with_unweighted=np.int32(unweighted),
             dim_x=np.int32(dim_x), dim_y=np.int32(dim_y), dim_z=np.int32(dim_z), num_w=np.int32(num_w),
-            num_items=np.int64(tables.num_items), kernel=np.int32(tables.kernel))
+            num_items=np.int64(tables.num_items), kernel=np.int32(tables.kernel),
+            zero_fill=np.int32(tables.zero_fill))
 
     return mlir.lower_fun(lambda a, b, c: [call(a, b, c, *consts)], multiple_results=True)(ctx, a, b, c)
 
