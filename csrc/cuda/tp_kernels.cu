@@ -98,17 +98,17 @@ __host__ __device__ inline size_t uvu_smem_bytes(const TpCall& c, int threads, s
 template <TpSlot SLOT>
 __device__ int32_t uvu_target(const TpPath& p) { return SLOT == TpSlot::kZ ? p.off_out : p.off1; }
 
-// Slots z and x: out[u, :] of one block, summed over the paths writing it, for rows' operands x, y, w, z.
+// Slots z and x: out[u, :] of one irrep block, summed over the run of paths [first, end) writing it
+// (Python groups the paths by that block), for rows' operands x, y, w, z.
 template <TpSlot SLOT, int LT, typename T>
-__device__ void uvu_block(const TpCall& c, const TpPath* paths, const T* pw, int32_t first, int32_t u,
+__device__ void uvu_block(const TpCall& c, const TpPath* paths, const T* pw, int32_t first, int32_t end, int32_t u,
                           const T* x, const T* y, const T* w, const T* z, T* out) {
   constexpr int DT = 2 * LT + 1;
   T acc[DT];
   for (int k = 0; k < DT; ++k) acc[k] = T(0);
-  const int32_t target = uvu_target<SLOT>(paths[first]);
-  for (int32_t pi = first; pi < c.num_paths; ++pi) {
+  for (int32_t pi = first; pi < end; ++pi) {
     const TpPath& p = paths[pi];
-    if (uvu_target<SLOT>(p) != target || !core::uvu_path_active<SLOT>(p, c.with_unweighted)) continue;
+    if (!core::uvu_path_active<SLOT>(p, c.with_unweighted)) continue;
     const T scale = p.off_w >= 0 ? pw[pi] * w[p.off_w + u] : pw[pi];
     core::uvu_dispatch(p, [&](auto l1, auto l2, auto lo) {
       constexpr int L1 = decltype(l1)::value, L2 = decltype(l2)::value, LO = decltype(lo)::value;
@@ -119,7 +119,7 @@ __device__ void uvu_block(const TpCall& c, const TpPath* paths, const T* pw, int
       }
     });
   }
-  T* dst = out + target + u * DT;
+  T* dst = out + uvu_target<SLOT>(paths[first]) + u * DT;
   for (int k = 0; k < DT; ++k) dst[k] = acc[k];
 }
 
@@ -148,20 +148,17 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_kernel(TpCall c, const TpPath
     const T* zr = z ? z + r * c.dim_z : nullptr;
     if constexpr (SLOT == TpSlot::kZ || SLOT == TpSlot::kX) {
       T* orow = out + r * c.out_width();
-      for (int32_t first = 0; first < c.num_paths; ++first) {
-        // Each block once: at the first path that writes it.
+      for (int32_t first = 0, end; first < c.num_paths; first = end) {
         const int32_t target = uvu_target<SLOT>(paths[first]);
-        bool seen = false;
-        for (int32_t q = 0; q < first && !seen; ++q) seen = uvu_target<SLOT>(paths[q]) == target;
-        if (seen) continue;
+        for (end = first + 1; end < c.num_paths && uvu_target<SLOT>(paths[end]) == target;) ++end;
         const TpPath& p = paths[first];
         const int lt = ((SLOT == TpSlot::kZ ? p.dim_out : p.dim1) - 1) / 2;
         for (int32_t u = threadIdx.x; u < p.mul1; u += blockDim.x) {
           switch (lt) {
-            case 0: uvu_block<SLOT, 0>(c, paths, pw, first, u, xr, yr, wr, zr, orow); break;
-            case 1: uvu_block<SLOT, 1>(c, paths, pw, first, u, xr, yr, wr, zr, orow); break;
-            case 2: uvu_block<SLOT, 2>(c, paths, pw, first, u, xr, yr, wr, zr, orow); break;
-            default: uvu_block<SLOT, 3>(c, paths, pw, first, u, xr, yr, wr, zr, orow); break;
+            case 0: uvu_block<SLOT, 0>(c, paths, pw, first, end, u, xr, yr, wr, zr, orow); break;
+            case 1: uvu_block<SLOT, 1>(c, paths, pw, first, end, u, xr, yr, wr, zr, orow); break;
+            case 2: uvu_block<SLOT, 2>(c, paths, pw, first, end, u, xr, yr, wr, zr, orow); break;
+            default: uvu_block<SLOT, 3>(c, paths, pw, first, end, u, xr, yr, wr, zr, orow); break;
           }
         }
       }

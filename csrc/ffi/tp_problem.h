@@ -100,6 +100,13 @@ inline xla::ffi::Error check_tp_paths(const core::TpCall& c, const core::TpPath*
       if (cg_ijk[3 * e] < 0 || cg_ijk[3 * e] >= p.dim1 || cg_ijk[3 * e + 1] < 0 || cg_ijk[3 * e + 1] >= p.dim2 ||
           cg_ijk[3 * e + 2] < 0 || cg_ijk[3 * e + 2] >= p.dim_out)
         return ffi_util::invalid("CG entry ", e, " of ", kTpOp, " is out of range");
+    // The channelwise kernel sums the paths writing one irrep block over a run of consecutive paths.
+    if (c.kernel == core::TpKernel::kUvu && (c.slot == core::TpSlot::kZ || c.slot == core::TpSlot::kX)) {
+      const auto target = [&c](const core::TpPath& q) { return c.slot == core::TpSlot::kZ ? q.off_out : q.off1; };
+      for (int32_t j = 0; j + 1 < i; ++j)
+        if (target(paths[j]) == target(p) && target(paths[i - 1]) != target(p))
+          return ffi_util::invalid("paths of ", kTpOp, " are not grouped by the block they write");
+    }
     items += core::tp_path_items(p);
   }
   if (items != c.num_items) return ffi_util::invalid("item count of ", kTpOp, " does not match its paths");

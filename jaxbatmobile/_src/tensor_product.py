@@ -44,10 +44,12 @@ KERNEL_GENERIC, KERNEL_UVU = 0, 1  # csrc/core/tp.h, TpKernel
 class _Tables:
     """Problem tables handed to the kernels (identity-hashed: one per TensorProduct)."""
 
-    paths: np.ndarray  # int32 [P, 14]
+    paths: np.ndarray  # int32 [P, 14], grouped by output block
     cg_ijk: np.ndarray  # int32 [E, 3]
     cg_coef: np.ndarray  # float64 [E], e3nn's real CG coefficients
     path_weight: np.ndarray  # float64 [P], e3nn's path normalisation
+    paths_by_x: np.ndarray  # the same paths grouped by x block (the x-gradient kernel sums over runs)
+    path_weight_by_x: np.ndarray
     num_items: int
     dims: tuple  # (dim_x, dim_y, dim_z, num_w)
     kernel: int  # KERNEL_GENERIC or KERNEL_UVU (csrc/core/tp.h, TpKernel)
@@ -164,6 +166,11 @@ def _build_tables(tp: TensorProduct, kernel: str = "auto") -> _Tables:
     if item >= 2**31:
         raise ValueError(f"TensorProduct: {item} work items per row is more than the kernels support")
     paths = np.asarray(paths, np.int32).reshape(-1, _PATH_FIELDS)
+    path_weight = np.asarray(path_weight, np.float64)
+    # The channelwise kernel sums the paths that write one irrep block in registers, over runs of
+    # consecutive paths: group them by output block (x block for the x gradient).
+    paths, path_weight = _grouped(paths, path_weight, column=6)
+    paths_by_x, path_weight_by_x = _grouped(paths, path_weight, column=4)
     # The unrolled channelwise kernel serves problems whose every path is uvu with a single-channel y
     # irrep (MACE, NequIP, Nequix) and degrees it has CG blocks for (csrc/core/tp_uvu.h).
     uvu = len(paths) > 0 and all(
@@ -174,11 +181,22 @@ def _build_tables(tp: TensorProduct, kernel: str = "auto") -> _Tables:
         paths=paths,
         cg_ijk=np.asarray(ijk, np.int32).reshape(-1, 3),
         cg_coef=np.asarray(coef, np.float64),
-        path_weight=np.asarray(path_weight, np.float64),
+        path_weight=path_weight,
+        paths_by_x=paths_by_x,
+        path_weight_by_x=path_weight_by_x,
         num_items=item,
         dims=(tp.irreps_in1.dim, tp.irreps_in2.dim, tp.irreps_out.dim, tp.weight_numel),
         kernel=KERNEL_UVU if uvu and kernel == "auto" else KERNEL_GENERIC,
     )
+
+
+def _grouped(paths, path_weight, column):
+    """Paths (and their weights) stably sorted by one offset column, items renumbered in the new order."""
+    order = np.argsort(paths[:, column], kind="stable")
+    paths, path_weight = paths[order].copy(), path_weight[order]
+    items = np.where(paths[:, 0] == _MODES["uvw"], paths[:, 1] * paths[:, 2] * paths[:, 3], paths[:, 1] * paths[:, 2])
+    paths[:, 13] = np.concatenate([[0], np.cumsum(items)[:-1]]) if len(paths) else items
+    return paths, path_weight
 
 
 def _zero_fill(paths, widths) -> int:
@@ -269,8 +287,9 @@ ffi.define_impl(tp_p)
 
 def _lowering(ctx, a, b, c, *, tables, slot, shared, unweighted):
     dtype = ctx.avals_in[0].dtype
-    consts = [jnp.asarray(tables.paths), jnp.asarray(tables.cg_ijk), jnp.asarray(tables.cg_coef.astype(dtype)),
-              jnp.asarray(tables.path_weight.astype(dtype))]
+    paths, path_weight = (tables.paths_by_x, tables.path_weight_by_x) if slot == SLOT_X else (tables.paths, tables.path_weight)
+    consts = [jnp.asarray(paths), jnp.asarray(tables.cg_ijk), jnp.asarray(tables.cg_coef.astype(dtype)),
+              jnp.asarray(path_weight.astype(dtype))]
     dim_x, dim_y, dim_z, num_w = tables.dims
 
     def call(a, b, c, paths, cg_ijk, cg_coef, path_weight):
