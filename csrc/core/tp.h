@@ -98,6 +98,29 @@ struct TpCall {
   bool with_unweighted;  // include the paths without weights (false when w holds a tangent)
   TpKernel kernel;
   int32_t zero_fill;     // bit s: some elements of operand s are written by no path (start from zero)
+  // Graph calls (the fused convolution): rows are edges; x rows are gathered by sender and z rows by
+  // receiver from arrays of `nodes` rows, so an output in slot x or z is a scatter-sum over edges.
+  // nodes < 0: a plain row-wise product.
+  int64_t nodes;
+  const int32_t* senders;
+  const int32_t* receivers;
+  JBM_HD bool scatters() const { return nodes >= 0 && (slot == TpSlot::kX || slot == TpSlot::kZ); }
+  JBM_HD int64_t out_rows() const { return reduces_rows() ? 1 : scatters() ? nodes : rows; }
+  // Rows of x and z used by row r; false for an edge with an index outside [0, nodes), which is
+  // dropped (contributes nothing): memory-safe behaviour for bad indices.
+  JBM_HD bool edge_rows(int64_t r, int64_t* rx, int64_t* rz) const {
+    if (nodes < 0) {
+      *rx = *rz = r;
+      return true;
+    }
+    *rx = senders[r];
+    *rz = receivers[r];
+    return *rx >= 0 && *rx < nodes && *rz >= 0 && *rz < nodes;
+  }
+  // Row of the output written by row r (given its x and z rows).
+  JBM_HD int64_t out_row(int64_t r, int64_t rx, int64_t rz) const {
+    return !scatters() ? r : slot == TpSlot::kX ? rx : rz;
+  }
   JBM_HD int64_t out_width() const {
     switch (slot) {
       case TpSlot::kX: return dim_x;

@@ -40,9 +40,12 @@ void tp_slot(const core::TpCall& c, const core::TpPath* paths, const int32_t* cg
   const int64_t width = c.out_width();
   const int64_t widths[4] = {c.dim_x, c.dim_y, c.shared_w ? 0 : c.num_w, c.dim_z};
   for (int64_t r = 0; r < c.rows; ++r) {
+    int64_t rx, rz;
+    if (!c.edge_rows(r, &rx, &rz)) continue;
+    const int64_t index[4] = {rx, r, r, rz};
     const T* row[4];
-    for (int s = 0; s < 4; ++s) row[s] = ops[s] ? ops[s] + r * widths[s] : nullptr;
-    T* acc = c.reduces_rows() ? out : out + r * width;
+    for (int s = 0; s < 4; ++s) row[s] = ops[s] ? ops[s] + index[s] * widths[s] : nullptr;
+    T* acc = c.reduces_rows() ? out : out + c.out_row(r, rx, rz) * width;
     if (c.kernel == core::TpKernel::kUvu)
       tp_row_uvu<SLOT>(c, paths, pw, row, acc);
     else
@@ -55,7 +58,7 @@ template <typename T>
 void tp(const core::TpCall& c, const core::TpPath* paths, const int32_t* cg_ijk, const T* cg_c, const T* pw,
         const T* const ops[4], T* out) {
   using core::TpSlot;
-  std::fill(out, out + (c.reduces_rows() ? 1 : c.rows) * c.out_width(), T(0));
+  std::fill(out, out + c.out_rows() * c.out_width(), T(0));
   switch (c.slot) {
     case TpSlot::kX: return tp_slot<TpSlot::kX>(c, paths, cg_ijk, cg_c, pw, ops, out);
     case TpSlot::kY: return tp_slot<TpSlot::kY>(c, paths, cg_ijk, cg_c, pw, ops, out);

@@ -47,22 +47,28 @@ __global__ void __launch_bounds__(kThreads) tp_kernel(TpCall c, const TpPath* __
   __syncthreads();
 
   for (int64_t r = blockIdx.x; r < c.rows; r += gridDim.x) {
-    T* dst = SMEM ? acc : (reduce ? out : out + r * width);
-    const T* xr = x ? x + r * c.dim_x : nullptr;
+    int64_t rx, rz;
+    const bool valid = c.edge_rows(r, &rx, &rz);  // uniform over the block
+    const int64_t orow_index = c.out_row(r, rx, rz);
+    T* dst = SMEM ? acc : (reduce ? out : out + orow_index * width);
+    const T* xr = x ? x + rx * c.dim_x : nullptr;
     const T* yr = y ? y + r * c.dim_y : nullptr;
     const T* wr = w ? w + r * wrow : nullptr;
-    const T* zr = z ? z + r * c.dim_z : nullptr;
+    const T* zr = z ? z + rz * c.dim_z : nullptr;
     auto add = [dst](int64_t idx, T v) { atomicAdd(dst + idx, v); };
-    for (int64_t it = threadIdx.x; it < c.num_items; it += blockDim.x) {
+    for (int64_t it = valid ? threadIdx.x : c.num_items; it < c.num_items; it += blockDim.x) {
       const int32_t p = core::tp_find_path(paths, c.num_paths, it);
       core::tp_item<SLOT>(paths[p], it - paths[p].item_begin, pw[p], c.with_unweighted, xr, yr, wr, zr, cg_ijk,
                           cg_c, add);
     }
     if (SMEM && !reduce) {
       __syncthreads();
-      T* orow = out + r * width;
+      T* orow = out + orow_index * width;
       for (int64_t k = threadIdx.x; k < width; k += blockDim.x) {
-        orow[k] = acc[k];
+        if (!c.scatters())
+          orow[k] = acc[k];
+        else if (valid)
+          atomicAdd(orow + k, acc[k]);  // edges sharing a sender/receiver meet here
         acc[k] = T(0);
       }
       __syncthreads();
@@ -102,7 +108,7 @@ __device__ int32_t uvu_target(const TpPath& p) { return SLOT == TpSlot::kZ ? p.o
 // (Python groups the paths by that block), for rows' operands x, y, w, z.
 template <TpSlot SLOT, int LT, typename T>
 __device__ void uvu_block(const TpCall& c, const TpPath* paths, const T* pw, int32_t first, int32_t end, int32_t u,
-                          const T* x, const T* y, const T* w, const T* z, T* out) {
+                          const T* x, const T* y, const T* w, const T* z, T* out, bool scatter) {
   constexpr int DT = 2 * LT + 1;
   T acc[DT];
   for (int k = 0; k < DT; ++k) acc[k] = T(0);
@@ -120,7 +126,12 @@ __device__ void uvu_block(const TpCall& c, const TpPath* paths, const T* pw, int
     });
   }
   T* dst = out + uvu_target<SLOT>(paths[first]) + u * DT;
-  for (int k = 0; k < DT; ++k) dst[k] = acc[k];
+  for (int k = 0; k < DT; ++k) {
+    if (scatter)
+      atomicAdd(dst + k, acc[k]);
+    else
+      dst[k] = acc[k];
+  }
 }
 
 template <TpSlot SLOT, typename T>
@@ -141,13 +152,17 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_kernel(TpCall c, const TpPath
   __syncthreads();
 
   const int64_t stride = uvu_part_stride(c);
+  const bool scatter = c.scatters();
   for (int64_t r = blockIdx.x; r < c.rows; r += gridDim.x) {
-    const T* xr = x ? x + r * c.dim_x : nullptr;
+    int64_t rx, rz;
+    const bool valid = c.edge_rows(r, &rx, &rz);  // uniform over the block
+    const T* xr = x ? x + rx * c.dim_x : nullptr;
     const T* yr = y ? y + r * c.dim_y : nullptr;
     const T* wr = w ? (c.shared_w ? w : w + r * c.num_w) : nullptr;
-    const T* zr = z ? z + r * c.dim_z : nullptr;
+    const T* zr = z ? z + rz * c.dim_z : nullptr;
+    if (!valid && !(SLOT == TpSlot::kY || (SLOT == TpSlot::kW && !reduce))) continue;  // dropped edge
     if constexpr (SLOT == TpSlot::kZ || SLOT == TpSlot::kX) {
-      T* orow = out + r * c.out_width();
+      T* orow = out + c.out_row(r, rx, rz) * c.out_width();
       for (int32_t first = 0, end; first < c.num_paths; first = end) {
         const int32_t target = uvu_target<SLOT>(paths[first]);
         for (end = first + 1; end < c.num_paths && uvu_target<SLOT>(paths[end]) == target;) ++end;
@@ -155,10 +170,10 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_kernel(TpCall c, const TpPath
         const int lt = ((SLOT == TpSlot::kZ ? p.dim_out : p.dim1) - 1) / 2;
         for (int32_t u = threadIdx.x; u < p.mul1; u += blockDim.x) {
           switch (lt) {
-            case 0: uvu_block<SLOT, 0>(c, paths, pw, first, end, u, xr, yr, wr, zr, orow); break;
-            case 1: uvu_block<SLOT, 1>(c, paths, pw, first, end, u, xr, yr, wr, zr, orow); break;
-            case 2: uvu_block<SLOT, 2>(c, paths, pw, first, end, u, xr, yr, wr, zr, orow); break;
-            default: uvu_block<SLOT, 3>(c, paths, pw, first, end, u, xr, yr, wr, zr, orow); break;
+            case 0: uvu_block<SLOT, 0>(c, paths, pw, first, end, u, xr, yr, wr, zr, orow, scatter); break;
+            case 1: uvu_block<SLOT, 1>(c, paths, pw, first, end, u, xr, yr, wr, zr, orow, scatter); break;
+            case 2: uvu_block<SLOT, 2>(c, paths, pw, first, end, u, xr, yr, wr, zr, orow, scatter); break;
+            default: uvu_block<SLOT, 3>(c, paths, pw, first, end, u, xr, yr, wr, zr, orow, scatter); break;
           }
         }
       }
@@ -167,7 +182,9 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_kernel(TpCall c, const TpPath
       T* dst = SLOT == TpSlot::kY ? scratch + threadIdx.x * stride : reduce ? scratch : out + r * c.num_w;
       if (SLOT == TpSlot::kY)
         for (int j = 0; j < c.dim_y; ++j) dst[j] = T(0);
-      for (int32_t pi = 0; pi < c.num_paths; ++pi) {
+      if (SLOT == TpSlot::kW && !valid)  // a dropped edge's weight gradient is zero
+        for (int64_t k = threadIdx.x; k < c.num_w; k += blockDim.x) dst[k] = T(0);
+      for (int32_t pi = 0; valid && pi < c.num_paths; ++pi) {
         const TpPath& p = paths[pi];
         if (!core::uvu_path_active<SLOT>(p, c.with_unweighted)) continue;
         core::uvu_dispatch(p, [&](auto l1, auto l2, auto lo) {
@@ -235,8 +252,9 @@ bool launch_uvu(cudaStream_t stream, const TpCall& c, const TpPath* paths, const
     if (*err != cudaSuccess) return true;
   }
   // Elements no path writes (and the cross-block sum of shared-weight gradients) start from zero.
-  if (c.reduces_rows() || (c.zero_fill >> static_cast<int>(SLOT)) & 1) {
-    *err = cudaMemsetAsync(out, 0, (c.reduces_rows() ? 1 : c.rows) * c.out_width() * sizeof(T), stream);
+  // So do scatter-sums over edges.
+  if (c.reduces_rows() || c.scatters() || (c.zero_fill >> static_cast<int>(SLOT)) & 1) {
+    *err = cudaMemsetAsync(out, 0, c.out_rows() * c.out_width() * sizeof(T), stream);
     if (*err != cudaSuccess) return true;
   }
   const int64_t max_blocks = c.reduces_rows() ? 4 * multiprocessors() : (int64_t(1) << 20);
@@ -250,7 +268,7 @@ template <TpSlot SLOT, typename T>
 cudaError_t launch(cudaStream_t stream, const TpCall& c, const TpPath* paths, const int32_t* cg_ijk,
                    const T* cg_c, const T* pw, const T* const ops[4], T* out) {
   const int64_t width = c.out_width();
-  const int64_t out_elems = c.reduces_rows() ? width : c.rows * width;
+  const int64_t out_elems = c.out_rows() * width;
   const bool empty = c.rows == 0 || c.num_items == 0;
   if (empty) return out_elems > 0 ? cudaMemsetAsync(out, 0, out_elems * sizeof(T), stream) : cudaSuccess;
   cudaError_t err = cudaSuccess;
@@ -259,7 +277,7 @@ cudaError_t launch(cudaStream_t stream, const TpCall& c, const TpPath* paths, co
   const size_t table = align16(c.num_paths * sizeof(TpPath));
   const bool smem_acc = table + width * sizeof(T) <= kSmemBudget;
   // Global accumulation needs a zeroed output; so does the cross-block sum of shared-weight grads.
-  if (!smem_acc || c.reduces_rows()) {
+  if (!smem_acc || c.reduces_rows() || c.scatters()) {
     err = cudaMemsetAsync(out, 0, out_elems * sizeof(T), stream);
     if (err != cudaSuccess) return err;
   }

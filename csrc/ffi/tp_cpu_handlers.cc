@@ -19,12 +19,13 @@ void run(const core::TpCall& c, const TpBuffers& bufs, const ffi::AnyBuffer& pat
              static_cast<T*>(out.untyped_data()));
 }
 
-ffi::Error tp_cpu(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer c, ffi::AnyBuffer paths, ffi::AnyBuffer cg_ijk,
+ffi::Error tp_cpu(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer c, ffi::AnyBuffer senders,
+                  ffi::AnyBuffer receivers, ffi::AnyBuffer paths, ffi::AnyBuffer cg_ijk,
                   ffi::AnyBuffer cg_c, ffi::AnyBuffer pw, ffi::Result<ffi::AnyBuffer> out, int32_t slot, int32_t shared_w, int32_t with_unweighted,
-                  int32_t dim_x, int32_t dim_y, int32_t dim_z, int32_t num_w, int64_t num_items, int32_t kernel, int32_t zero_fill) {
+                  int32_t dim_x, int32_t dim_y, int32_t dim_z, int32_t num_w, int64_t num_items, int32_t kernel, int32_t zero_fill, int64_t num_nodes) {
   TpBuffers bufs;
   core::TpCall call;
-  ffi::Error error = check_tp(a, b, c, paths, cg_ijk, cg_c, pw, *out, slot, shared_w, with_unweighted, dim_x, dim_y, dim_z, num_w, num_items, kernel, zero_fill,
+  ffi::Error error = check_tp(a, b, c, senders, receivers, paths, cg_ijk, cg_c, pw, *out, slot, shared_w, with_unweighted, dim_x, dim_y, dim_z, num_w, num_items, kernel, zero_fill, num_nodes,
                        &bufs, &call);
   if (error.failure()) return error;
   ffi::Error table = check_tp_paths(call, static_cast<const core::TpPath*>(paths.untyped_data()),

@@ -1,8 +1,9 @@
 // Validation of a tensor-product call, shared by the CPU and CUDA handlers.
 //
-// Operands: the three slots other than the output slot, in slot order (x, y, w, z), then the problem
-// tables: paths int32[P, 14], cg_ijk int32[E, 3], cg_c T[E], path_weight T[P]. Attributes: slot,
-// shared_w, with_unweighted, widths, kernel (core::TpKernel), zero_fill.
+// Operands: the three slots other than the output slot, in slot order (x, y, w, z); the graph's
+// senders and receivers (int32[E], empty for a plain product); the problem tables: paths int32[P, 14],
+// cg_ijk int32[C, 3], cg_c T[C], path_weight T[P]. Attributes: slot, shared_w, with_unweighted,
+// widths, kernel (core::TpKernel), zero_fill, num_nodes (-1 for a plain product).
 #pragma once
 
 #include <array>
@@ -20,11 +21,13 @@ struct TpBuffers {
 };
 
 inline xla::ffi::Error check_tp(const xla::ffi::AnyBuffer& a, const xla::ffi::AnyBuffer& b,
-                                                const xla::ffi::AnyBuffer& c, const xla::ffi::AnyBuffer& paths,
+                                const xla::ffi::AnyBuffer& c, const xla::ffi::AnyBuffer& senders,
+                                const xla::ffi::AnyBuffer& receivers, const xla::ffi::AnyBuffer& paths,
                                 const xla::ffi::AnyBuffer& cg_ijk, const xla::ffi::AnyBuffer& cg_c,
                                 const xla::ffi::AnyBuffer& path_weight, const xla::ffi::AnyBuffer& out, int32_t slot,
                                 int32_t shared_w, int32_t with_unweighted, int32_t dim_x, int32_t dim_y, int32_t dim_z,
-                                int32_t num_w, int64_t num_items, int32_t kernel, int32_t zero_fill, TpBuffers* bufs,
+                                int32_t num_w, int64_t num_items, int32_t kernel, int32_t zero_fill, int64_t num_nodes,
+                                TpBuffers* bufs,
                                 core::TpCall* out_call) {
   using ffi_util::invalid;
   namespace ffi = xla::ffi;
@@ -57,17 +60,33 @@ inline xla::ffi::Error check_tp(const xla::ffi::AnyBuffer& a, const xla::ffi::An
   core::TpCall call{static_cast<core::TpSlot>(slot), 0,
                     static_cast<int32_t>(paths.element_count() / core::kTpPathFields), num_items,
                     dim_x, dim_y, dim_z, num_w, shared_w != 0, with_unweighted != 0,
-                    static_cast<core::TpKernel>(kernel), zero_fill};
+                    static_cast<core::TpKernel>(kernel), zero_fill, num_nodes, nullptr, nullptr};
   if (static_cast<int64_t>(path_weight.element_count()) != call.num_paths)
     return invalid("path weights of ", kTpOp, " must have one entry per path");
   const int64_t widths[4] = {dim_x, dim_y, num_w, dim_z};
-  // Rows come from x (or y when x is the output).
-  const int rows_slot = slot == 0 ? 1 : 0;
-  call.rows = static_cast<int64_t>(bufs->ops[rows_slot]->element_count()) / widths[rows_slot];
+  const bool graph = num_nodes >= 0;
+  if (senders.element_type() != ffi::DataType::S32 || receivers.element_type() != ffi::DataType::S32)
+    return invalid("senders and receivers of ", kTpOp, " must be int32");
+  if (graph) {
+    // Rows are edges; x and z have one row per node.
+    call.rows = static_cast<int64_t>(senders.element_count());
+    if (static_cast<int64_t>(receivers.element_count()) != call.rows)
+      return invalid("senders and receivers of ", kTpOp, " must have one entry per edge, got ",
+                     senders.element_count(), " and ", receivers.element_count());
+    call.senders = static_cast<const int32_t*>(senders.untyped_data());
+    call.receivers = static_cast<const int32_t*>(receivers.untyped_data());
+  } else {
+    if (senders.element_count() != 0 || receivers.element_count() != 0)
+      return invalid("senders and receivers of ", kTpOp, " must be empty without num_nodes");
+    // Rows come from x (or y when x is the output).
+    const int rows_slot = slot == 0 ? 1 : 0;
+    call.rows = static_cast<int64_t>(bufs->ops[rows_slot]->element_count()) / widths[rows_slot];
+  }
   for (int s = 0; s < 4; ++s) {
     const ffi::AnyBuffer* buf = s == slot ? &out : bufs->ops[s];
     const bool shared = s == 2 && call.shared_w;
-    const int64_t expected = shared ? num_w : call.rows * widths[s];
+    const int64_t rows = graph && (s == 0 || s == 3) ? num_nodes : call.rows;
+    const int64_t expected = shared ? num_w : rows * widths[s];
     if (static_cast<int64_t>(buf->element_count()) != expected)
       return invalid("invalid size of ", names[s], s == slot ? " (output)" : "", " for ", kTpOp, ": expected ",
                     expected, " elements, got ", buf->element_count());
@@ -117,7 +136,9 @@ inline xla::ffi::Error check_tp_paths(const core::TpCall& c, const core::TpPath*
 
 #define JBM_TP_BIND                                                                                \
   .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()         \
-      .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()      \
+      .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()      \
+      .Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()                                                    \
       .Attr<int32_t>("slot").Attr<int32_t>("shared_w").Attr<int32_t>("with_unweighted")               \
       .Attr<int32_t>("dim_x").Attr<int32_t>("dim_y").Attr<int32_t>("dim_z").Attr<int32_t>("num_w")    \
-      .Attr<int64_t>("num_items").Attr<int32_t>("kernel").Attr<int32_t>("zero_fill")
+      .Attr<int64_t>("num_items").Attr<int32_t>("kernel").Attr<int32_t>("zero_fill") \
+      .Attr<int64_t>("num_nodes")

@@ -25,3 +25,9 @@ def tensor_product(tp, x: jax.Array, y: jax.Array, weights: jax.Array, shared_we
     for _ in range(x.ndim - 1):
         f = jax.vmap(f, in_axes=(None if shared_weights else 0, 0, 0))
     return f(weights, x, y)
+
+
+def conv(tp, node_feats, edge_attrs, edge_weights, senders, receivers, num_nodes: int, shared_weights: bool):
+    """The unfused convolution: gather by sender, e3nn-jax TP per edge, ``segment_sum`` by receiver."""
+    messages = tensor_product(tp, node_feats[senders], edge_attrs, edge_weights, shared_weights)
+    return jax.ops.segment_sum(messages, receivers, num_segments=num_nodes)

@@ -248,15 +248,29 @@ def _check_call(tp, x, y, w, shared_weights):
 # ---- the primitive -------------------------------------------------------------------------------
 
 tp_p = Primitive("jbm_tensor_product")
+# The same contraction over a graph (jaxbatmobile._src.conv): operands (a, b, c, senders, receivers);
+# x rows are gathered by sender and z rows by receiver from arrays of ``num_nodes`` rows, so an output
+# in slot x or z is a scatter-sum over edges. Every rule below serves both primitives.
+conv_p = Primitive("jbm_conv")
 
 
-def _bind(tables: _Tables, slot: int, shared: bool, *operands_by_slot):
-    """``operands_by_slot``: the three operands other than ``slot``, in slot order.
+def _prim(num_nodes):
+    return tp_p if num_nodes is None else conv_p
+
+
+def _bind(tables: _Tables, slot: int, shared: bool, *operands_by_slot, graph=None):
+    """``operands_by_slot``: the three operands other than ``slot``, in slot order; ``graph``:
+    ``(senders, receivers, num_nodes)`` for the convolution.
 
     Parameter ``unweighted``: whether paths without weights contribute; true while w's slot holds the
     weights, false once it holds a tangent or cotangent (those paths don't depend on w).
     """
-    return tp_p.bind(*operands_by_slot, tables=tables, slot=slot, shared=shared, unweighted=True)
+    if graph is None:
+        return tp_p.bind(*operands_by_slot, tables=tables, slot=slot, shared=shared, unweighted=True,
+                         num_nodes=None)
+    senders, receivers, num_nodes = graph
+    return conv_p.bind(*operands_by_slot, senders, receivers, tables=tables, slot=slot, shared=shared,
+                       unweighted=True, num_nodes=num_nodes)
 
 
 def _slots_of(slot):
@@ -267,66 +281,79 @@ def _width(tables, s):
     return tables.dims[(0, 1, 3, 2)[s]]  # dims are (x, y, z, w)
 
 
-def _abstract(*ops, tables, slot, shared, unweighted):
+def _abstract(*ops, tables, slot, shared, unweighted, num_nodes):
     slots = _slots_of(slot)
     dtype = ops[0].dtype
     batch = None
-    for s, op in zip(slots, ops):
+    for s, op in zip(slots, ops[:3]):
         if op.dtype != dtype:
             raise TypeError(f"tensor product operands must share a dtype, got {op.dtype} and {dtype}")
         if not (s == SLOT_W and shared):
             batch = op.shape[:-1]
     if slot == SLOT_W and shared:
         return jax.core.ShapedArray((_width(tables, slot),), dtype)
+    if num_nodes is not None:
+        batch = (num_nodes,) if slot in (SLOT_X, SLOT_Z) else ops[3].shape
     return jax.core.ShapedArray(batch + (_width(tables, slot),), dtype)
 
 
-tp_p.def_abstract_eval(_abstract)
-ffi.define_impl(tp_p)
+for _p in (tp_p, conv_p):
+    _p.def_abstract_eval(_abstract)
+    ffi.define_impl(_p)
 
 
-def _lowering(ctx, a, b, c, *, tables, slot, shared, unweighted):
+def _lowering(ctx, a, b, c, *graph, tables, slot, shared, unweighted, num_nodes):
     dtype = ctx.avals_in[0].dtype
     paths, path_weight = (tables.paths_by_x, tables.path_weight_by_x) if slot == SLOT_X else (tables.paths, tables.path_weight)
     consts = [jnp.asarray(paths), jnp.asarray(tables.cg_ijk), jnp.asarray(tables.cg_coef.astype(dtype)),
               jnp.asarray(path_weight.astype(dtype))]
     dim_x, dim_y, dim_z, num_w = tables.dims
 
-    def call(a, b, c, paths, cg_ijk, cg_coef, path_weight):
+    def call(a, b, c, senders, receivers, paths, cg_ijk, cg_coef, path_weight):
         return jax.ffi.ffi_call("jbm_tp", jax.ShapeDtypeStruct(ctx.avals_out[0].shape, dtype))(
-            a, b, c, paths, cg_ijk, cg_coef, path_weight, slot=np.int32(slot), shared_w=np.int32(shared),
-            with_unweighted=np.int32(unweighted),
+            a, b, c, senders, receivers, paths, cg_ijk, cg_coef, path_weight, slot=np.int32(slot),
+            shared_w=np.int32(shared), with_unweighted=np.int32(unweighted),
             dim_x=np.int32(dim_x), dim_y=np.int32(dim_y), dim_z=np.int32(dim_z), num_w=np.int32(num_w),
             num_items=np.int64(tables.num_items), kernel=np.int32(tables.kernel),
-            zero_fill=np.int32(tables.zero_fill))
+            zero_fill=np.int32(tables.zero_fill), num_nodes=np.int64(-1 if num_nodes is None else num_nodes))
 
-    return mlir.lower_fun(lambda a, b, c: [call(a, b, c, *consts)], multiple_results=True)(ctx, a, b, c)
+    def body(a, b, c, *graph):
+        if not graph:
+            graph = (jnp.zeros((0,), jnp.int32),) * 2
+        return [call(a, b, c, *graph, *consts)]
+
+    return mlir.lower_fun(body, multiple_results=True)(ctx, a, b, c, *graph)
 
 
 ffi.register_lowering_rule(tp_p, _lowering, "jbm_tp")
+ffi.register_lowering_rule(conv_p, _lowering, "jbm_tp")
 
 
 def _jvp_in(k):
     """Tangent from operand k: the same call with operand k replaced by its tangent."""
 
-    def rule(t, *ops, tables, slot, shared, unweighted):
+    def rule(t, *ops, tables, slot, shared, unweighted, num_nodes):
         ops = list(ops)
         ops[k] = t
         # Paths without weights don't depend on w: they drop out once w's slot holds a tangent.
         if _slots_of(slot)[k] == SLOT_W:
             unweighted = False
-        return tp_p.bind(*ops, tables=tables, slot=slot, shared=shared, unweighted=unweighted)
+        return _prim(num_nodes).bind(*ops, tables=tables, slot=slot, shared=shared, unweighted=unweighted,
+                                     num_nodes=num_nodes)
 
     return rule
 
 
 ad.defjvp(tp_p, _jvp_in(0), _jvp_in(1), _jvp_in(2))
+ad.defjvp(conv_p, _jvp_in(0), _jvp_in(1), _jvp_in(2), None, None)  # indices: no tangent
 
 
-def _transpose(ct, *ops, tables, slot, shared, unweighted):
+def _transpose(ct, *ops, tables, slot, shared, unweighted, num_nodes):
     slots = _slots_of(slot)
+    graph = list(ops[3:])
+    ops = ops[:3]
     undefined = [k for k, op in enumerate(ops) if ad.is_undefined_primal(op)]
-    if len(undefined) != 1:
+    if len(undefined) != 1 or any(ad.is_undefined_primal(g) for g in graph):
         raise ValueError("the tensor product is multilinear: transpose needs exactly one unknown operand")
     (k,) = undefined
     target = slots[k]
@@ -339,15 +366,16 @@ def _transpose(ct, *ops, tables, slot, shared, unweighted):
         # A cotangent moving into w's slot is not the weights: paths without weights drop out.
         if slot == SLOT_W:
             unweighted = False
-        result = tp_p.bind(*[by_slot[s] for s in _slots_of(target)], tables=tables, slot=target, shared=shared,
-                           unweighted=unweighted)
-    return [result if j == k else None for j in range(3)]
+        result = _prim(num_nodes).bind(*[by_slot[s] for s in _slots_of(target)], *graph, tables=tables,
+                                       slot=target, shared=shared, unweighted=unweighted, num_nodes=num_nodes)
+    return [result if j == k else None for j in range(3)] + [None] * len(graph)
 
 
 ad.primitive_transposes[tp_p] = _transpose
+ad.primitive_transposes[conv_p] = _transpose
 
 
-def _batch(args, dims, *, tables, slot, shared, unweighted):
+def _batch(args, dims, *, tables, slot, shared, unweighted, num_nodes):
     slots = _slots_of(slot)
     size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
     w_batched = any(s == SLOT_W and d is not None for s, d in zip(slots, dims))
@@ -369,7 +397,7 @@ def _batch(args, dims, *, tables, slot, shared, unweighted):
         else:
             a = a[0]
         new_args.append(a)
-    out = tp_p.bind(*new_args, tables=tables, slot=slot, shared=new_shared, unweighted=unweighted)
+    out = tp_p.bind(*new_args, tables=tables, slot=slot, shared=new_shared, unweighted=unweighted, num_nodes=None)
     if per_row_out_w:
         out = out.reshape((size, -1, out.shape[-1])).sum(axis=1)
     return out, 0

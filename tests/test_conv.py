@@ -1,0 +1,173 @@
+"""Fused convolution against the unfused e3nn-jax computation (gather, FunctionalTensorProduct, segment_sum)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import TOL, assert_close
+from jax.test_util import check_grads
+
+import jaxbatmobile as jb
+from jaxbatmobile._src import reference
+
+SH3 = "0e+1o+2e+3o"
+
+
+def _tp(name):
+    if name == "mace-medium":  # uvu: the channelwise kernel
+        i1, i2, io = "6x0e+6x1o", SH3, "6x0e+6x1o+6x2e"
+        return jb.TensorProduct(i1, i2, io, jb.channelwise_instructions(i1, i2, io))
+    if name == "uvw":  # the generic kernel
+        i1, i2, io = "3x0e+2x1o", "0e+1o", "2x0e+2x1o"
+        return jb.TensorProduct(i1, i2, io, [(0, 0, 0, "uvw", True), (0, 1, 1, "uvw", True),
+                                             (1, 0, 1, "uvw", True), (1, 1, 0, "uvw", True)])
+    raise KeyError(name)
+
+
+def _graph(rng, num_nodes, num_edges):
+    """Random edges plus a self-loop and a repeated edge; node 0 receives nothing."""
+    senders = rng.integers(0, num_nodes, size=num_edges)
+    receivers = rng.integers(1, num_nodes, size=num_edges)
+    senders[:2] = [3, 3]
+    receivers[:2] = [3, 3]
+    return senders.astype(np.int32), receivers.astype(np.int32)
+
+
+def _inputs(rng, tp, num_nodes, num_edges, dtype=np.float64, shared=False):
+    x = rng.normal(size=(num_nodes, tp.irreps_in1.dim)).astype(dtype)
+    y = rng.normal(size=(num_edges, tp.irreps_in2.dim)).astype(dtype)
+    w = rng.normal(size=(tp.weight_numel,) if shared else (num_edges, tp.weight_numel)).astype(dtype)
+    return x, y, w
+
+
+def _ref(tp, x, y, w, s, r, n):
+    f64 = lambda a: jnp.asarray(a, jnp.float64)  # noqa: E731
+    return reference.conv(tp, f64(x), f64(y), f64(w), s, r, n, w.ndim == 1)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("name", ["mace-medium", "uvw"])
+def test_matches_unfused(rng, name, shared, dtype):
+    tp = _tp(name)
+    n, e = 11, 40
+    s, r = _graph(rng, n, e)
+    x, y, w = _inputs(rng, tp, n, e, dtype, shared)
+    out = jb.conv(tp, x, y, w, s, r, num_nodes=n)
+    assert out.shape == (n, tp.irreps_out.dim) and out.dtype == dtype
+    assert_close(out, _ref(tp, x, y, w, s, r, n), TOL[dtype] * 5)
+    assert np.all(np.asarray(out)[0] == 0)  # node 0 receives no edge
+
+
+@pytest.mark.parametrize("name", ["mace-medium", "uvw"])
+def test_first_derivatives_match_unfused(rng, name):
+    tp = _tp(name)
+    n, e = 9, 30
+    s, r = _graph(rng, n, e)
+    x, y, w = _inputs(rng, tp, n, e)
+    g = rng.normal(size=(n, tp.irreps_out.dim))
+    ours = jax.vjp(lambda *a: jb.conv(tp, *a, s, r, num_nodes=n), x, y, w)[1](g)
+    ref = jax.vjp(lambda *a: _ref(tp, *a, s, r, n), x, y, w)[1](g)
+    for a, b in zip(ours, ref):
+        assert_close(a, b, 1e-12)
+
+
+@pytest.mark.parametrize("shared", [False, True])
+def test_check_grads_order2(rng, shared):
+    tp = _tp("mace-medium")
+    n, e = 5, 12
+    s, r = _graph(rng, n, e)
+    x, y, w = _inputs(rng, tp, n, e, shared=shared)
+    check_grads(lambda *a: jb.conv(tp, *a, s, r, num_nodes=n), (x, y, w), order=2, modes=("fwd", "rev"))
+
+
+def test_force_training_step(rng):
+    """Energy from the conv of SH(edge vectors), forces = -dE/dpositions, loss = |F|^2, gradient of the
+    loss w.r.t. node features and edge weights: equal to the unfused e3nn-jax computation."""
+    tp = _tp("mace-medium")
+    n, e = 8, 24
+    s, r = _graph(rng, n, e)
+    pos = rng.normal(size=(n, 3))
+    x, _, w = _inputs(rng, tp, n, e)
+
+    def loss(conv_fn, sh_fn):
+        def f(x, w):
+            def energy(pos):
+                vec = pos[r] - pos[s] + 0.1  # self-loops keep a nonzero vector
+                out = conv_fn(x, sh_fn(vec), w * jnp.exp(-0.01 * jnp.sum(vec**2, -1))[:, None])
+                return jnp.sum(out[:, :6] ** 2)
+            forces = -jax.grad(energy)(pos)
+            return jnp.sum(forces**2)
+        return jax.grad(f, argnums=(0, 1))
+
+    ours = loss(lambda *a: jb.conv(tp, *a, s, r, num_nodes=n), lambda v: jb.spherical_harmonics(v, 3))(x, w)
+    ref = loss(lambda *a: _ref(tp, *a, s, r, n), lambda v: reference.spherical_harmonics(v, 3, True, "component"))(x, w)
+    for a, b in zip(ours, ref):
+        assert_close(a, b, 1e-11)
+
+
+def test_vmap_over_graphs(rng):
+    tp = _tp("mace-medium")
+    n, e, b = 6, 14, 3
+    graphs = [_graph(rng, n, e) for _ in range(b)]
+    s = np.stack([g[0] for g in graphs])
+    r = np.stack([g[1] for g in graphs])
+    x = rng.normal(size=(b, n, tp.irreps_in1.dim))
+    y = rng.normal(size=(b, e, tp.irreps_in2.dim))
+    w = rng.normal(size=(tp.weight_numel,))  # shared by every graph
+    f = lambda x, y, w, s, r: jb.conv(tp, x, y, w, s, r, num_nodes=n)  # noqa: E731
+    out = jax.vmap(f, in_axes=(0, 0, None, 0, 0))(x, y, w, s, r)
+    for k in range(b):
+        assert_close(out[k], _ref(tp, x[k], y[k], w, s[k], r[k], n), 1e-12)
+    # Gradient of the shared weights, per graph.
+    g = jax.vmap(jax.grad(lambda x, y, w, s, r: jnp.sum(f(x, y, w, s, r) ** 2), argnums=2),
+                 in_axes=(0, 0, None, 0, 0))(x, y, w, s, r)
+    for k in range(b):
+        ref = jax.grad(lambda w: jnp.sum(_ref(tp, x[k], y[k], w, s[k], r[k], n) ** 2))(w)
+        assert_close(g[k], ref, 1e-12)
+
+
+def test_jit_int64_indices_and_empty_graph(rng):
+    tp = _tp("mace-medium")
+    n, e = 7, 10
+    s, r = _graph(rng, n, e)
+    x, y, w = _inputs(rng, tp, n, e)
+    out = jax.jit(lambda *a: jb.conv(tp, *a, num_nodes=n))(x, y, w, s.astype(np.int64), r.astype(np.int64))
+    assert_close(out, _ref(tp, x, y, w, s, r, n), 1e-12)
+    x0, y0, w0 = _inputs(rng, tp, n, 0)
+    empty = jb.conv(tp, x0, y0, w0, np.zeros(0, np.int32), np.zeros(0, np.int32), num_nodes=n)
+    assert empty.shape == (n, tp.irreps_out.dim) and not np.any(np.asarray(empty))
+
+
+def test_out_of_range_indices_drop_the_edge(rng):
+    tp = _tp("mace-medium")
+    n, e = 6, 12
+    s, r = _graph(rng, n, e)
+    x, y, w = _inputs(rng, tp, n, e)
+    bad_s, bad_r = s.copy(), r.copy()
+    bad_s[4], bad_r[5], bad_s[6] = n + 100, -1, -7
+    keep = np.ones(e, bool)
+    keep[[4, 5, 6]] = False
+    out, vjp = jax.vjp(lambda *a: jb.conv(tp, *a, bad_s, bad_r, num_nodes=n), x, y, w)
+    assert_close(out, _ref(tp, x, y[keep], w[keep], s[keep], r[keep], n), 1e-12)
+    dx, dy, dw = vjp(np.ones_like(np.asarray(out)))
+    assert not np.any(np.asarray(dy)[~keep]) and not np.any(np.asarray(dw)[~keep])
+
+
+def test_bad_calls(rng):
+    tp = _tp("mace-medium")
+    n, e = 5, 8
+    s, r = _graph(rng, n, e)
+    x, y, w = _inputs(rng, tp, n, e)
+    with pytest.raises(ValueError, match="node_feats"):
+        jb.conv(tp, x[:4], y, w, s, r, num_nodes=n)
+    with pytest.raises(ValueError, match="receivers"):
+        jb.conv(tp, x, y, w, s, r[:5], num_nodes=n)
+    with pytest.raises(TypeError, match="senders"):
+        jb.conv(tp, x, y, w, s.astype(np.float32), r, num_nodes=n)
+    with pytest.raises(ValueError, match="num_nodes"):
+        jb.conv(tp, x, y, w, s, r, num_nodes=None)
+    with pytest.raises(ValueError, match="edge_weights"):
+        jb.conv(tp, x, y, w[:, :3], s, r, num_nodes=n)
+    with pytest.raises(TypeError, match="share one dtype"):
+        jb.conv(tp, x.astype(np.float32), y, w, s, r, num_nodes=n)
