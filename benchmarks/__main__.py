@@ -11,13 +11,13 @@ import pathlib
 
 import jax
 
-from . import common, sh, tp
+from . import common, conv, sh, tp
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cpu", action="store_true", help="small sizes on the CPU")
-    ap.add_argument("--only", default="sh,tp", help="comma-separated workload families")
+    ap.add_argument("--only", default="sh,tp,conv", help="comma-separated workload families")
     ap.add_argument("--out", default=None, help="folder for results.jsonl and results.md")
     ap.add_argument("--fp64", action="store_true", help="also time float64")
     ap.add_argument("--problems", default=None,
@@ -43,6 +43,12 @@ def main() -> None:
                 tp.run(report, batch=50_000, dtypes=["float64"], names=["MACE-medium uvu"])
         else:
             tp.run(report, batch=256, dtypes=["float32"], scale=16, names=names)
+
+    if "conv" in families:
+        if on_gpu:
+            conv.run(report, num_nodes=5_000, num_edges=150_000)
+        else:
+            conv.run(report, num_nodes=200, num_edges=2_000, scale=16)
 
     md = report.markdown()
     if args.out:

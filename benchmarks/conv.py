@@ -1,0 +1,52 @@
+"""Fused convolution, MACE-medium, N = 5,000 nodes, E = 150,000 edges, per-edge weights (GOALS.md):
+ours vs e3nn-jax unfused (gather, FunctionalTensorProduct, segment_sum)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxbatmobile as jb
+from jaxbatmobile._src import reference
+
+from .common import Report, run_case
+
+SH3 = "0e+1o+2e+3o"
+
+
+def run(report: Report, num_nodes: int, num_edges: int, dtype: str = "float32", scale: int = 1) -> None:
+    m = max(1, 128 // scale)
+    i1, io = f"{m}x0e+{m}x1o", f"{m}x0e+{m}x1o+{m}x2e"
+    tp = jb.TensorProduct(i1, SH3, io, jb.channelwise_instructions(i1, SH3, io))
+    rng = np.random.default_rng(0)
+    senders = jnp.asarray(rng.integers(0, num_nodes, num_edges), jnp.int32)
+    receivers = jnp.asarray(np.sort(rng.integers(0, num_nodes, num_edges)), jnp.int32)  # sorted, as in GOALS
+    keys = jax.random.split(jax.random.key(1), 8)
+    sets = [(jax.random.normal(keys[4 * i], (num_nodes, tp.irreps_in1.dim), dtype),
+             jax.random.normal(keys[4 * i + 1], (num_edges, 16), dtype),
+             jax.random.normal(keys[4 * i + 2], (num_edges, tp.weight_numel), dtype),
+             jax.random.normal(keys[4 * i + 3], (num_nodes, tp.irreps_out.dim), dtype)) for i in range(2)]
+    item = np.dtype(dtype).itemsize
+    # Floor: node features, edge attributes and weights, indices read once; output written once.
+    nbytes = (num_nodes * (tp.irreps_in1.dim + tp.irreps_out.dim) + num_edges * (16 + tp.weight_numel)) * item \
+        + 2 * num_edges * 4
+    ours = lambda x, y, w, g: jb.conv(tp, x, y, w, senders, receivers, num_nodes=num_nodes)  # noqa: E731
+    e3 = lambda x, y, w, g: reference.conv(tp, x, y, w, senders, receivers, num_nodes, False)  # noqa: E731
+    ref64 = lambda x, y, w, g: e3(*(a.astype(jnp.float64) for a in (x, y, w)), g)  # noqa: E731
+    tol = 1e-5 if dtype == "float32" else 1e-12
+    name = f"conv MACE-medium N={num_nodes:,} E={num_edges:,}"
+    for lib, f in (("jaxbatmobile", ours), ("e3nn-jax", e3)):
+        run_case(report, workload=f"{name} fwd", library=lib, dtype=dtype, fn=jax.jit(f), input_sets=sets,
+                 reference=ref64, tol=tol, nbytes=nbytes, flops=None)
+
+    def fwd_bwd(f):
+        def run(x, y, w, g):
+            out, vjp = jax.vjp(lambda x, y, w: f(x, y, w, None), x, y, w)
+            return (out,) + vjp(g)
+        return run
+
+    ref_fb = jax.jit(lambda *a: fwd_bwd(e3)(*(b.astype(jnp.float64) for b in a)))
+    for lib, f in (("jaxbatmobile", ours), ("e3nn-jax", e3)):
+        run_case(report, workload=f"{name} fwd+bwd", library=lib, dtype=dtype, fn=jax.jit(fwd_bwd(f)),
+                 input_sets=sets, reference=ref_fb, tol=tol * 10, nbytes=2 * nbytes, flops=None)
