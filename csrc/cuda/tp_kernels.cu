@@ -134,7 +134,8 @@ __device__ void uvu_block(const TpCall& c, const TpPath* paths, const T* pw, int
   }
 }
 
-template <TpSlot SLOT, typename T>
+// GRAPH: rows are edges (gathers and scatters); a separate instantiation keeps the plain product lean.
+template <TpSlot SLOT, typename T, bool GRAPH>
 __global__ void __launch_bounds__(kThreads) tp_uvu_kernel(TpCall c, const TpPath* __restrict__ paths_g,
                                                           const T* __restrict__ pw_g, const T* __restrict__ x,
                                                           const T* __restrict__ y, const T* __restrict__ w,
@@ -152,17 +153,17 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_kernel(TpCall c, const TpPath
   __syncthreads();
 
   const int64_t stride = uvu_part_stride(c);
-  const bool scatter = c.scatters();
+  const bool scatter = GRAPH && c.scatters();
   for (int64_t r = blockIdx.x; r < c.rows; r += gridDim.x) {
-    int64_t rx, rz;
-    const bool valid = c.edge_rows(r, &rx, &rz);  // uniform over the block
+    int64_t rx = r, rz = r;
+    const bool valid = !GRAPH || c.edge_rows(r, &rx, &rz);  // uniform over the block
     const T* xr = x ? x + rx * c.dim_x : nullptr;
     const T* yr = y ? y + r * c.dim_y : nullptr;
     const T* wr = w ? (c.shared_w ? w : w + r * c.num_w) : nullptr;
     const T* zr = z ? z + rz * c.dim_z : nullptr;
     if (!valid && !(SLOT == TpSlot::kY || (SLOT == TpSlot::kW && !reduce))) continue;  // dropped edge
     if constexpr (SLOT == TpSlot::kZ || SLOT == TpSlot::kX) {
-      T* orow = out + c.out_row(r, rx, rz) * c.out_width();
+      T* orow = out + (GRAPH ? c.out_row(r, rx, rz) : r) * c.out_width();
       for (int32_t first = 0, end; first < c.num_paths; first = end) {
         const int32_t target = uvu_target<SLOT>(paths[first]);
         for (end = first + 1; end < c.num_paths && uvu_target<SLOT>(paths[end]) == target;) ++end;
@@ -246,7 +247,7 @@ bool launch_uvu(cudaStream_t stream, const TpCall& c, const TpPath* paths, const
                 cudaError_t* err) {
   const size_t smem = uvu_smem_bytes(c, kThreads, sizeof(T));
   if (smem > smem_optin_limit()) return false;
-  auto kernel = tp_uvu_kernel<SLOT, T>;
+  auto kernel = c.nodes >= 0 ? tp_uvu_kernel<SLOT, T, true> : tp_uvu_kernel<SLOT, T, false>;
   if (smem > 48 * 1024) {
     *err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (*err != cudaSuccess) return true;
