@@ -65,16 +65,16 @@ def run(report: Report, batch: int, dtypes, scale: int = 1, names=None, sets: in
             ref64 = lambda x, y, w, g, tp=tp: reference.tensor_product(  # noqa: E731
                 tp, *(a.astype(jnp.float64) for a in (x, y, w)), False)
             cue_f = cue_tp.channelwise(tp) if cue is not None and jax.default_backend() == "gpu" else None
-            peers = [("jaxbatmobile", ours, sets_, ref64, lambda a: a), ("e3nn-jax", e3, sets_, ref64, lambda a: a)]
+            peers = [("jaxbatmobile", ours, sets_, ref64), ("e3nn-jax", e3, sets_, ref64)]
             if cue_f is not None:
                 # cue holds x and the output in ir_mul; convert inputs once, and the reference's outputs.
                 i1, io = tp.irreps_in1, tp.irreps_out
                 cue_sets = [(cue_tp.to_ir_mul(i1, x), y, w, cue_tp.to_ir_mul(io, g)) for x, y, w, g in sets_]
                 cue_ref = lambda x, y, w, g: cue_tp.to_ir_mul(io, ref64(cue_tp.from_ir_mul(i1, x), y, w, g))  # noqa: E731
-                peers.append(("cuequivariance", lambda x, y, w, g, f=cue_f: f(x, y, w), cue_sets, cue_ref, None))
+                peers.append(("cuequivariance", lambda x, y, w, g, f=cue_f: f(x, y, w), cue_sets, cue_ref))
             elif name in ("MACE-large uvu", "MACE-medium uvu"):
                 report.add(Row(f"TP {name} B={batch:,} fwd", "cuequivariance", dtype, status="skipped: not available"))
-            for lib, f, inputs, ref, _ in peers:
+            for lib, f, inputs, ref in peers:
                 run_case(report, workload=f"TP {name} B={batch:,} fwd", library=lib, dtype=dtype, fn=jax.jit(f),
                          input_sets=inputs, reference=ref, tol=tol, nbytes=nbytes, flops=flops)
 
@@ -86,7 +86,7 @@ def run(report: Report, batch: int, dtypes, scale: int = 1, names=None, sets: in
 
             # Floor for fwd+bwd: read x, y, w, g; write out, dx, dy, dw.
             fb_bytes = 2 * nbytes
-            for lib, f, inputs, ref, _ in peers:
+            for lib, f, inputs, ref in peers:
                 if lib == "cuequivariance":
                     i1, io = tp.irreps_in1, tp.irreps_out
 

@@ -8,8 +8,9 @@
 // (csrc/../jaxbatmobile/_src/tensor_product.py wires them).
 //
 // A problem is a table of paths (TpPath), a list of CG entries and one normalisation factor per path
-// (its "path weight", e3nn's path/irrep normalisation). Paths without weights contribute c·x·y·z: that part does not depend on w, so a
-// call whose w operand is a tangent (not the weights) must leave it out (TpCall::with_unweighted).
+// (its "path weight", e3nn's path/irrep normalisation). Paths without weights contribute c·x·y·z:
+// that part does not depend on w, so a call whose w operand is a tangent (not the weights) must leave
+// it out (TpCall::with_unweighted).
 // A path's work is split into independent "items" (one (u, v) pair for uvu, one
 // (u, v, w) triple for uvw); an item adds its contributions through a caller-supplied `add(index, value)`
 // so that the CPU loop and the CUDA kernel share this code.

@@ -221,24 +221,25 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_kernel(TpCall c, const TpPath
   }
 }
 
-int multiprocessors() {
+// A device attribute of the current device, queried once per device (launches are a hot path).
+template <cudaDeviceAttr ATTR>
+int device_attribute(int fallback) {
   static std::atomic<int> cached[64];
   int device = 0;
-  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return 132;
+  if (cudaGetDevice(&device) != cudaSuccess || device < 0 || device >= 64) return fallback;
   int n = cached[device].load(std::memory_order_relaxed);
   if (n == 0) {
-    if (cudaDeviceGetAttribute(&n, cudaDevAttrMultiProcessorCount, device) != cudaSuccess || n <= 0) n = 132;
+    if (cudaDeviceGetAttribute(&n, ATTR, device) != cudaSuccess || n <= 0) n = fallback;
     cached[device].store(n, std::memory_order_relaxed);
   }
   return n;
 }
 
+int multiprocessors() { return device_attribute<cudaDevAttrMultiProcessorCount>(132); }
+
 // Largest dynamic shared memory a block may opt in to (48 KiB without opting in).
 size_t smem_optin_limit() {
-  int device = 0, bytes = 48 * 1024;
-  if (cudaGetDevice(&device) == cudaSuccess)
-    cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerBlockOptin, device);
-  return static_cast<size_t>(bytes);
+  return static_cast<size_t>(device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(48 * 1024));
 }
 
 // Returns false when the problem's scratch does not fit in shared memory (the caller then runs tp_kernel).

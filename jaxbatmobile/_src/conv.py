@@ -113,7 +113,7 @@ def _batch(args, dims, *, tables, slot, shared, unweighted, num_nodes):
     for idx in moved[3:]:
         # Each graph's nodes move to their own range; out-of-range indices stay out of range (dropped).
         new_args.append(jnp.where((idx >= 0) & (idx < num_nodes), idx + offsets, -1).reshape(-1))
-    out = conv_p.bind(*new_args, tables=tables, slot=slot, shared=new_shared if slot != SLOT_W else False,
+    out = conv_p.bind(*new_args, tables=tables, slot=slot, shared=new_shared,
                       unweighted=unweighted, num_nodes=size * num_nodes)
     if slot in (SLOT_X, SLOT_Z):
         out = out.reshape(size, num_nodes, -1)
