@@ -105,3 +105,50 @@ def test_bad_shapes():
         bm.tensor_product(np.ones((3, 2, 16)), np.ones((3, 16)), np.ones((34, 2, 4)))
     with pytest.raises(ValueError, match="`input1`"):
         bm.tensor_product(np.ones((16,)), np.ones((16,)), np.ones((23, 1, 4)))
+
+
+# ---- fused SH + TP ---------------------------------------------------------------------------------
+
+
+def _sh(v):
+    return np.asarray(e3nn.spherical_harmonics("0e+1o+2e+3o", v, True, "component").array)
+
+
+@pytest.mark.parametrize("channels", [None, 3])
+def test_fused_simple_matches_unfused(rng, channels):
+    n, e = 6, 20
+    feats = rng.normal(size=(n, 16) if channels is None else (n, channels, 16))
+    v, src = rng.normal(size=(e, 3)), rng.integers(0, n, size=e)
+    out = bm.fused_sh_tp_simple(v, feats, src)
+    assert out.shape == (e,) + feats.shape[1:]
+    y = _sh(v) if channels is None else np.repeat(_sh(v)[:, None], channels, 1)
+    assert_close(out, bm.tensor_product_simple(feats[src], y), 1e-12)
+    # Gradients in the vectors (forces) and features, to second order.
+    check_grads(lambda v, f: jnp.sin(bm.fused_sh_tp_simple(v, f, src)), (v, feats), order=2, modes=("fwd", "rev"))
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_fused_scatter_matches_unfused(rng, deterministic):
+    n, e, c = 7, 25, 2
+    feats, v = rng.normal(size=(n, c, 16)), rng.normal(size=(e, 3))
+    src, dst = rng.integers(0, n, size=(2, e))
+    out = bm.fused_sh_tp_scatter(v, feats, src, dst, n, deterministic=deterministic)
+    ref = jax.ops.segment_sum(bm.tensor_product_simple(feats[src], np.repeat(_sh(v)[:, None], c, 1)), dst,
+                              num_segments=n)
+    assert out.shape == (n, c, 16)
+    assert_close(out, ref, 1e-12)
+    g = rng.normal(size=out.shape)
+    ours = jax.vjp(lambda v, f: bm.fused_sh_tp_scatter(v, f, src, dst, n, deterministic=deterministic), v, feats)[1](g)
+    theirs = jax.vjp(lambda v, f: jax.ops.segment_sum(bm.fused_sh_tp_simple(v, f, src), dst, num_segments=n),
+                     v, feats)[1](g)
+    for a, b in zip(ours, theirs):
+        assert_close(a, b, 1e-12)
+
+
+def test_fused_bad_shapes(rng):
+    with pytest.raises(ValueError, match="edge_vectors"):
+        bm.fused_sh_tp_simple(np.ones((4, 2)), np.ones((3, 16)), np.zeros(4, np.int32))
+    with pytest.raises(ValueError, match="node_features"):
+        bm.fused_sh_tp_simple(np.ones((4, 3)), np.ones((3, 15)), np.zeros(4, np.int32))
+    with pytest.raises(ValueError, match="source_idx"):
+        bm.fused_sh_tp_simple(np.ones((4, 3)), np.ones((3, 16)), np.zeros(5, np.int32))

@@ -1,5 +1,6 @@
 """Fused convolution against the unfused e3nn-jax computation (gather, FunctionalTensorProduct, segment_sum)."""
 
+import e3nn_jax as e3nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,40 +46,45 @@ def _ref(tp, x, y, w, s, r, n):
     return reference.conv(tp, f64(x), f64(y), f64(w), s, r, n, w.ndim == 1)
 
 
+@pytest.mark.parametrize("deterministic", [False, True])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("name", ["mace-medium", "uvw"])
-def test_matches_unfused(rng, name, shared, dtype):
+def test_matches_unfused(rng, name, shared, dtype, deterministic):
     tp = _tp(name)
     n, e = 11, 40
     s, r = _graph(rng, n, e)
     x, y, w = _inputs(rng, tp, n, e, dtype, shared)
-    out = jb.conv(tp, x, y, w, s, r, num_nodes=n)
+    out = jb.conv(tp, x, y, w, s, r, num_nodes=n, deterministic=deterministic)
     assert out.shape == (n, tp.irreps_out.dim) and out.dtype == dtype
     assert_close(out, _ref(tp, x, y, w, s, r, n), TOL[dtype] * 5)
     assert np.all(np.asarray(out)[0] == 0)  # node 0 receives no edge
 
 
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("shared", [False, True])
 @pytest.mark.parametrize("name", ["mace-medium", "uvw"])
-def test_first_derivatives_match_unfused(rng, name):
+def test_first_derivatives_match_unfused(rng, name, shared, deterministic):
     tp = _tp(name)
     n, e = 9, 30
     s, r = _graph(rng, n, e)
-    x, y, w = _inputs(rng, tp, n, e)
+    x, y, w = _inputs(rng, tp, n, e, shared=shared)
     g = rng.normal(size=(n, tp.irreps_out.dim))
-    ours = jax.vjp(lambda *a: jb.conv(tp, *a, s, r, num_nodes=n), x, y, w)[1](g)
+    ours = jax.vjp(lambda *a: jb.conv(tp, *a, s, r, num_nodes=n, deterministic=deterministic), x, y, w)[1](g)
     ref = jax.vjp(lambda *a: _ref(tp, *a, s, r, n), x, y, w)[1](g)
     for a, b in zip(ours, ref):
         assert_close(a, b, 1e-12)
 
 
+@pytest.mark.parametrize("deterministic", [False, True])
 @pytest.mark.parametrize("shared", [False, True])
-def test_check_grads_order2(rng, shared):
+def test_check_grads_order2(rng, shared, deterministic):
     tp = _tp("mace-medium")
     n, e = 5, 12
     s, r = _graph(rng, n, e)
     x, y, w = _inputs(rng, tp, n, e, shared=shared)
-    check_grads(lambda *a: jb.conv(tp, *a, s, r, num_nodes=n), (x, y, w), order=2, modes=("fwd", "rev"))
+    check_grads(lambda *a: jb.conv(tp, *a, s, r, num_nodes=n, deterministic=deterministic), (x, y, w), order=2,
+                modes=("fwd", "rev"))
 
 
 def test_force_training_step(rng):
@@ -106,7 +112,8 @@ def test_force_training_step(rng):
         assert_close(a, b, 1e-11)
 
 
-def test_vmap_over_graphs(rng):
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_vmap_over_graphs(rng, deterministic):
     tp = _tp("mace-medium")
     n, e, b = 6, 14, 3
     graphs = [_graph(rng, n, e) for _ in range(b)]
@@ -115,7 +122,7 @@ def test_vmap_over_graphs(rng):
     x = rng.normal(size=(b, n, tp.irreps_in1.dim))
     y = rng.normal(size=(b, e, tp.irreps_in2.dim))
     w = rng.normal(size=(tp.weight_numel,))  # shared by every graph
-    f = lambda x, y, w, s, r: jb.conv(tp, x, y, w, s, r, num_nodes=n)  # noqa: E731
+    f = lambda x, y, w, s, r: jb.conv(tp, x, y, w, s, r, num_nodes=n, deterministic=deterministic)  # noqa: E731
     out = jax.vmap(f, in_axes=(0, 0, None, 0, 0))(x, y, w, s, r)
     for k in range(b):
         assert_close(out[k], _ref(tp, x[k], y[k], w, s[k], r[k], n), 1e-12)
@@ -139,8 +146,10 @@ def test_jit_int64_indices_and_empty_graph(rng):
     assert empty.shape == (n, tp.irreps_out.dim) and not np.any(np.asarray(empty))
 
 
-def test_out_of_range_indices_drop_the_edge(rng):
-    tp = _tp("mace-medium")
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("name", ["mace-medium", "uvw"])
+def test_out_of_range_indices_drop_the_edge(rng, name, deterministic):
+    tp = _tp(name)
     n, e = 6, 12
     s, r = _graph(rng, n, e)
     x, y, w = _inputs(rng, tp, n, e)
@@ -148,9 +157,11 @@ def test_out_of_range_indices_drop_the_edge(rng):
     bad_s[4], bad_r[5], bad_s[6] = n + 100, -1, -7
     keep = np.ones(e, bool)
     keep[[4, 5, 6]] = False
-    out, vjp = jax.vjp(lambda *a: jb.conv(tp, *a, bad_s, bad_r, num_nodes=n), x, y, w)
+    out, vjp = jax.vjp(lambda *a: jb.conv(tp, *a, bad_s, bad_r, num_nodes=n, deterministic=deterministic), x, y, w)
     assert_close(out, _ref(tp, x, y[keep], w[keep], s[keep], r[keep], n), 1e-12)
     dx, dy, dw = vjp(np.ones_like(np.asarray(out)))
+    ref_dx = jax.vjp(lambda x: _ref(tp, x, y[keep], w[keep], s[keep], r[keep], n), x)[1](np.ones_like(np.asarray(out)))[0]
+    assert_close(dx, ref_dx, 1e-12)
     assert not np.any(np.asarray(dy)[~keep]) and not np.any(np.asarray(dw)[~keep])
 
 
@@ -171,3 +182,158 @@ def test_bad_calls(rng):
         jb.conv(tp, x, y, w[:, :3], s, r, num_nodes=n)
     with pytest.raises(TypeError, match="share one dtype"):
         jb.conv(tp, x.astype(np.float32), y, w, s, r, num_nodes=n)
+    with pytest.raises(TypeError, match="deterministic"):
+        jb.conv(tp, x, y, w, s, r, num_nodes=n, deterministic="yes")
+
+
+# ---- deterministic mode --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mace-medium", "uvw"])
+def test_deterministic_is_bitwise_reproducible(rng, name):
+    """Forward and every first derivative, twice, in fp32 on a graph with many edges per node: the same
+    bits (on the GPU this is the difference from the atomic mode); and the same values as atomic."""
+    tp = _tp(name)
+    n, e = 40, 2000  # ~50 edges per node: more than one staged chunk of edges per node
+    s, r = rng.integers(0, n, size=(2, e)).astype(np.int32)
+    x, y, w = _inputs(rng, tp, n, e, np.float32)
+    g = rng.normal(size=(n, tp.irreps_out.dim)).astype(np.float32)
+
+    @jax.jit
+    def run(x, y, w):
+        out, vjp = jax.vjp(lambda *a: jb.conv(tp, *a, s, r, num_nodes=n, deterministic=True), x, y, w)
+        return (out, *vjp(g))
+
+    first = [np.asarray(a) for a in run(x, y, w)]
+    for _ in range(2):
+        for a, b in zip(first, run(x, y, w)):
+            np.testing.assert_array_equal(a, np.asarray(b))
+    atomic = jax.vjp(lambda *a: jb.conv(tp, *a, s, r, num_nodes=n), x, y, w)
+    for a, b in zip(first, (atomic[0], *atomic[1](g))):
+        assert_close(a, b, 2e-5)
+
+
+def test_deterministic_shared_weight_gradient(rng):
+    tp = _tp("mace-medium")
+    n, e = 10, 60
+    s, r = _graph(rng, n, e)
+    x, y, w = _inputs(rng, tp, n, e, shared=True)
+    ours = jax.grad(lambda w: jnp.sum(jb.conv(tp, x, y, w, s, r, num_nodes=n, deterministic=True) ** 2))(w)
+    ref = jax.grad(lambda w: jnp.sum(_ref(tp, x, y, w, s, r, n) ** 2))(w)
+    assert_close(ours, ref, 1e-12)
+
+
+# ---- sh_conv: spherical harmonics of the edge vectors in the kernel --------------------------------
+
+
+def _sh_tp(name):
+    if name == "mace-medium":
+        return _tp("mace-medium")
+    if name == "uvw-l2":  # generic kernel, SH up to l = 2
+        i1, i2, io = "2x0e+2x1o", "0e+1o+2e", "3x0e+2x1o+2x2e"
+        ins = [(a, b, c, "uvw", True) for a in range(2) for b in range(3) for c in range(3)
+               if e3nn.Irreps(io)[c].ir in e3nn.Irreps(i1)[a].ir * e3nn.Irreps(i2)[b].ir]
+        return jb.TensorProduct(i1, i2, io, ins)
+    if name == "nequip-l4":  # uvu with l = 4 SH: the generic kernel
+        i1, i2, io = "4x0e+4x1o+4x2e", "0e+1o+2e+3o+4e", "4x0e+4x1o+4x2e"
+        return jb.TensorProduct(i1, i2, io, jb.channelwise_instructions(i1, i2, io))
+    raise KeyError(name)
+
+
+def _vectors(rng, e, dtype=np.float64):
+    v = rng.normal(size=(e, 3)).astype(dtype)
+    v[0] = 0.0  # the zero vector: Y = [1, 0, ...] with normalize, as in e3nn-jax
+    v[1] *= 1e-3
+    return v
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("normalize,normalization", [(True, "component"), (True, "norm"), (False, "integral")])
+@pytest.mark.parametrize("name", ["mace-medium", "uvw-l2", "nequip-l4"])
+def test_sh_conv_matches_unfused(rng, name, normalize, normalization, deterministic):
+    tp = _sh_tp(name)
+    l_max = tp.irreps_in2.lmax
+    n, e = 9, 30
+    s, r = _graph(rng, n, e)
+    x, _, w = _inputs(rng, tp, n, e)
+    v = _vectors(rng, e)
+    sh = lambda v: reference.spherical_harmonics(v, l_max, normalize, normalization)  # noqa: E731
+    f = lambda x, v, w: jb.sh_conv(tp, x, v, w, s, r, num_nodes=n, normalize=normalize,  # noqa: E731
+                                   normalization=normalization, deterministic=deterministic)
+    out, vjp = jax.vjp(f, x, v, w)
+    ref, ref_vjp = jax.vjp(lambda x, v, w: _ref(tp, x, sh(v), w, s, r, n), x, v, w)
+    assert_close(out, ref, 1e-12)
+    g = rng.normal(size=out.shape)
+    for a, b in zip(vjp(g), ref_vjp(g)):
+        assert_close(a, b, 1e-11)
+    # float32 against the fp64 oracle
+    out32 = jb.sh_conv(tp, *(a.astype(np.float32) for a in (x, v, w)), s, r, num_nodes=n, normalize=normalize,
+                       normalization=normalization, deterministic=deterministic)
+    assert out32.dtype == np.float32
+    assert_close(out32, ref, 1e-5)
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_sh_conv_check_grads_order2(rng, deterministic):
+    tp = _sh_tp("mace-medium")
+    n, e = 5, 12
+    s, r = _graph(rng, n, e)
+    x, _, w = _inputs(rng, tp, n, e)
+    v = rng.normal(size=(e, 3))
+    check_grads(lambda *a: jb.sh_conv(tp, *a, s, r, num_nodes=n, deterministic=deterministic), (x, v, w), order=2,
+                modes=("fwd", "rev"))
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_sh_conv_force_training_step(rng, deterministic):
+    """The force-training step with SH evaluated in the kernel equals the unfused e3nn-jax one."""
+    tp = _sh_tp("mace-medium")
+    n, e = 8, 24
+    s, r = _graph(rng, n, e)
+    pos = rng.normal(size=(n, 3))
+    x, _, w = _inputs(rng, tp, n, e)
+
+    def loss(energy_of):
+        def f(x, w):
+            def energy(pos):
+                vec = pos[r] - pos[s] + 0.1
+                return energy_of(x, vec, w * jnp.exp(-0.01 * jnp.sum(vec**2, -1))[:, None])
+            return jnp.sum(jax.grad(energy)(pos) ** 2)
+        return jax.grad(f, argnums=(0, 1))
+
+    ours = loss(lambda x, v, w: jnp.sum(jb.sh_conv(tp, x, v, w, s, r, num_nodes=n,
+                                                   deterministic=deterministic)[:, :6] ** 2))(x, w)
+    ref = loss(lambda x, v, w: jnp.sum(_ref(tp, x, reference.spherical_harmonics(v, 3, True, "component"), w, s, r,
+                                            n)[:, :6] ** 2))(x, w)
+    for a, b in zip(ours, ref):
+        assert_close(a, b, 1e-11)
+
+
+def test_sh_conv_vmap(rng):
+    tp = _sh_tp("mace-medium")
+    n, e, b = 6, 14, 2
+    graphs = [_graph(rng, n, e) for _ in range(b)]
+    s, r = (np.stack([g[k] for g in graphs]) for k in (0, 1))
+    x = rng.normal(size=(b, n, tp.irreps_in1.dim))
+    v = rng.normal(size=(b, e, 3))
+    w = rng.normal(size=(b, e, tp.weight_numel))
+    out = jax.vmap(lambda *a: jb.sh_conv(tp, *a, num_nodes=n, deterministic=True))(x, v, w, s, r)
+    for k in range(b):
+        ref = _ref(tp, x[k], reference.spherical_harmonics(v[k], 3, True, "component"), w[k], s[k], r[k], n)
+        assert_close(out[k], ref, 1e-12)
+
+
+def test_sh_conv_bad_calls(rng):
+    tp = _tp("uvw")  # irreps_in2 = 0e + 1o: SH irreps of l_max = 1
+    n, e = 5, 8
+    s, r = _graph(rng, n, e)
+    x, _, w = _inputs(rng, tp, n, e)
+    v = rng.normal(size=(e, 3))
+    jb.sh_conv(tp, x, v, w, s, r, num_nodes=n)  # fine
+    bad = jb.TensorProduct("2x0e", "1o+2e", "2x1o", [(0, 0, 0, "uvu", True)])
+    with pytest.raises(ValueError, match="spherical harmonics irreps"):
+        jb.sh_conv(bad, np.zeros((n, 2)), v, np.zeros((e, bad.weight_numel)), s, r, num_nodes=n)
+    with pytest.raises(ValueError, match="edge_vectors"):
+        jb.sh_conv(tp, x, v[:, :2], w, s, r, num_nodes=n)
+    with pytest.raises(ValueError, match="normalization"):
+        jb.sh_conv(tp, x, v, w, s, r, num_nodes=n, normalization="unit")

@@ -17,6 +17,7 @@
 #pragma once
 
 #include "core/common.h"
+#include "core/sh.h"
 
 namespace jbm::core {
 
@@ -88,6 +89,49 @@ JBM_HD void tp_item(const TpPath& p, int64_t item, T pw, bool with_unweighted, c
   if constexpr (SLOT == TpSlot::kW) add(widx, wv * wsum);
 }
 
+// Slots z and x, output-stationary: the contribution of path `p` to one element of the block it writes,
+// channel `a` (o for z, u for x) and component `comp`, summed over the path's items and CG entries in a
+// fixed order — the same terms as tp_item adds, gathered by their target (no atomics: deterministic).
+template <TpSlot SLOT, typename T>
+JBM_HD T tp_path_element(const TpPath& p, int32_t a, int32_t comp, T pw, bool with_unweighted, const T* x,
+                         const T* y, const T* w, const T* z, const int32_t* cg_ijk, const T* cg_c) {
+  static_assert(SLOT == TpSlot::kZ || SLOT == TpSlot::kX, "output-stationary form of slots z and x only");
+  const bool weighted = p.off_w >= 0;
+  if (!weighted && !with_unweighted) return T(0);
+  const bool uvu = p.mode == static_cast<int32_t>(TpMode::kUvu);
+  // uvu: the target channel fixes both u and o; uvw: the other one of them is summed over.
+  const int32_t others = uvu ? 1 : SLOT == TpSlot::kZ ? p.mul1 : p.mul_out;
+  T sum = T(0);
+  for (int32_t b = 0; b < others; ++b) {
+    const int32_t u = SLOT == TpSlot::kZ && !uvu ? b : a;
+    const int32_t o = SLOT == TpSlot::kX && !uvu ? b : a;
+    const T* src = SLOT == TpSlot::kZ ? x + p.off1 + int64_t(u) * p.dim1 : z + p.off_out + int64_t(o) * p.dim_out;
+    for (int32_t v = 0; v < p.mul2; ++v) {
+      const int64_t uv = int64_t(u) * p.mul2 + v;
+      const T wv = weighted ? w[p.off_w + (uvu ? uv : uv * p.mul_out + o)] : T(1);
+      const T* yv = y + p.off2 + int64_t(v) * p.dim2;
+      T s = T(0);
+      for (int32_t e = p.cg_begin; e < p.cg_end; ++e) {
+        const int32_t i = cg_ijk[3 * e], j = cg_ijk[3 * e + 1], k = cg_ijk[3 * e + 2];
+        if ((SLOT == TpSlot::kZ ? k : i) == comp) s += cg_c[e] * yv[j] * src[SLOT == TpSlot::kZ ? i : k];
+      }
+      sum += wv * s;
+    }
+  }
+  return pw * sum;
+}
+
+// The irreps block path `p` writes in slot SLOT's operand (z: its output block, x: its first input),
+// as [begin, begin + channels * dim).
+template <TpSlot SLOT>
+JBM_HD int32_t tp_target_offset(const TpPath& p) { return SLOT == TpSlot::kZ ? p.off_out : p.off1; }
+template <TpSlot SLOT>
+JBM_HD int32_t tp_target_dim(const TpPath& p) { return SLOT == TpSlot::kZ ? p.dim_out : p.dim1; }
+template <TpSlot SLOT>
+JBM_HD int32_t tp_target_channels(const TpPath& p) {
+  return SLOT == TpSlot::kX || p.mode == static_cast<int32_t>(TpMode::kUvu) ? p.mul1 : p.mul_out;
+}
+
 // What one call computes (everything but the data pointers).
 struct TpCall {
   TpSlot slot;
@@ -105,6 +149,19 @@ struct TpCall {
   int64_t nodes;
   const int32_t* senders;
   const int32_t* receivers;
+  // Deterministic scatter (the output slot x or z of a graph call, when seg_offsets is set): the edges
+  // of target node n are seg_edges[seg_offsets[n] .. seg_offsets[n+1]) (seg_edges null: the identity),
+  // and node n's row is summed by one owner over those edges in that order and stored once — no
+  // atomics, the same bits on every run. An edge listed under n whose target is not n is skipped.
+  const int32_t* seg_offsets;
+  const int32_t* seg_edges;
+  // y computed in the kernel as the spherical harmonics of edge vectors (sh_conv): the y operand is
+  // then [rows, 3]. sh_lmax < 0: y is data.
+  int32_t sh_lmax;
+  bool sh_normalize;
+  ShNormalization sh_normalization;
+  JBM_HD bool segmented() const { return seg_offsets != nullptr && scatters(); }
+  JBM_HD int64_t y_width() const { return sh_lmax >= 0 ? 3 : dim_y; }
   JBM_HD bool scatters() const { return nodes >= 0 && (slot == TpSlot::kX || slot == TpSlot::kZ); }
   JBM_HD int64_t out_rows() const { return reduces_rows() ? 1 : scatters() ? nodes : rows; }
   // Rows of x and z used by row r; false for an edge with an index outside [0, nodes), which is
@@ -117,6 +174,12 @@ struct TpCall {
     *rx = senders[r];
     *rz = receivers[r];
     return *rx >= 0 && *rx < nodes && *rz >= 0 && *rz < nodes;
+  }
+  // Segmented calls: edge e's rows, if it is valid and its target (receiver for z, sender for x) is n;
+  // `source` is then the row of the gathered operand (x's for z, z's for x).
+  JBM_HD bool segment_edge(int64_t e, int64_t n, int64_t* rx, int64_t* rz) const {
+    if (e < 0 || e >= rows || !edge_rows(e, rx, rz)) return false;
+    return (slot == TpSlot::kZ ? *rz : *rx) == n;
   }
   // Row of the output written by row r (given its x and z rows).
   JBM_HD int64_t out_row(int64_t r, int64_t rx, int64_t rz) const {
@@ -133,6 +196,20 @@ struct TpCall {
   // The output is one vector summed over rows (the gradient of shared weights).
   JBM_HD bool reduces_rows() const { return slot == TpSlot::kW && shared_w; }
 };
+
+// y row of one row in a call with sh_lmax >= 0: the spherical harmonics of the vector v[0..3)
+// (degrees 0..sh_lmax, at most kTpShMaxL; csrc/core/sh.h).
+inline constexpr int kTpShMaxL = 4;
+template <typename T>
+JBM_HD void tp_sh_row(const TpCall& c, const T* v, T* y) {
+  switch (c.sh_lmax) {
+    case 0: return sh_values<0>(v, c.sh_normalize, c.sh_normalization, y);
+    case 1: return sh_values<1>(v, c.sh_normalize, c.sh_normalization, y);
+    case 2: return sh_values<2>(v, c.sh_normalize, c.sh_normalization, y);
+    case 3: return sh_values<3>(v, c.sh_normalize, c.sh_normalization, y);
+    default: return sh_values<4>(v, c.sh_normalize, c.sh_normalization, y);
+  }
+}
 
 // Index of the path holding `item` (paths are few; a linear scan is cheap next to the item's work).
 JBM_HD int32_t tp_find_path(const TpPath* paths, int32_t num_paths, int64_t item) {

@@ -34,22 +34,44 @@ void tp_row_uvu(const core::TpCall& c, const core::TpPath* paths, const T* pw, c
   }
 }
 
+// Adds row r's contribution (x row rx, z row rz) to `acc`, a row of the output (or the shared sum).
+template <core::TpSlot SLOT, typename T>
+void tp_add_row(const core::TpCall& c, const core::TpPath* paths, const int32_t* cg_ijk, const T* cg_c, const T* pw,
+                const T* const ops[4], int64_t r, int64_t rx, int64_t rz, T* acc) {
+  const int64_t widths[4] = {c.dim_x, c.y_width(), c.shared_w ? 0 : c.num_w, c.dim_z};
+  const int64_t index[4] = {rx, r, r, rz};
+  const T* row[4];
+  for (int s = 0; s < 4; ++s) row[s] = ops[s] ? ops[s] + index[s] * widths[s] : nullptr;
+  T sh[core::sh_dim(core::kTpShMaxL)];
+  if (c.sh_lmax >= 0) {  // y is the spherical harmonics of the edge vector
+    core::tp_sh_row(c, row[1], sh);
+    row[1] = sh;
+  }
+  if (c.kernel == core::TpKernel::kUvu)
+    tp_row_uvu<SLOT>(c, paths, pw, row, acc);
+  else
+    tp_row_generic<SLOT>(c, paths, cg_ijk, cg_c, pw, row, acc);
+}
+
 template <core::TpSlot SLOT, typename T>
 void tp_slot(const core::TpCall& c, const core::TpPath* paths, const int32_t* cg_ijk, const T* cg_c, const T* pw,
              const T* const ops[4], T* out) {
   const int64_t width = c.out_width();
-  const int64_t widths[4] = {c.dim_x, c.dim_y, c.shared_w ? 0 : c.num_w, c.dim_z};
+  if (c.segmented()) {  // node by node over its edge list, as the GPU's deterministic kernels do
+    for (int64_t n = 0; n < c.nodes; ++n)
+      for (int64_t k = c.seg_offsets[n]; k < c.seg_offsets[n + 1]; ++k) {
+        const int64_t e = c.seg_edges ? c.seg_edges[k] : k;
+        int64_t rx, rz;
+        if (c.segment_edge(e, n, &rx, &rz))
+          tp_add_row<SLOT>(c, paths, cg_ijk, cg_c, pw, ops, e, rx, rz, out + n * width);
+      }
+    return;
+  }
   for (int64_t r = 0; r < c.rows; ++r) {
     int64_t rx, rz;
     if (!c.edge_rows(r, &rx, &rz)) continue;
-    const int64_t index[4] = {rx, r, r, rz};
-    const T* row[4];
-    for (int s = 0; s < 4; ++s) row[s] = ops[s] ? ops[s] + index[s] * widths[s] : nullptr;
     T* acc = c.reduces_rows() ? out : out + c.out_row(r, rx, rz) * width;
-    if (c.kernel == core::TpKernel::kUvu)
-      tp_row_uvu<SLOT>(c, paths, pw, row, acc);
-    else
-      tp_row_generic<SLOT>(c, paths, cg_ijk, cg_c, pw, row, acc);
+    tp_add_row<SLOT>(c, paths, cg_ijk, cg_c, pw, ops, r, rx, rz, acc);
   }
 }
 

@@ -9,6 +9,13 @@
 //   by warps at the end of the row.
 // * tp_kernel (everything else): threads over the items of all paths (csrc/core/tp.h), contributions
 //   accumulated with shared-memory atomics (global ones for outputs too wide for shared memory).
+// * Deterministic scatter of the convolution (TpCall::segmented: output slot x or z, edges listed per
+//   target node): tp_uvu_segment_kernel / tp_segment_kernel, one block per node, which stage a chunk of
+//   the node's edges in shared memory, sum their contributions in a fixed order in registers (the
+//   generic one output-stationary, core::tp_path_element) and store the node's row once: no atomics,
+//   no zeroing pass.
+// With sh_lmax >= 0 the y rows are spherical harmonics of edge vectors, evaluated into shared memory
+// (core::tp_sh_row) and never written to device memory.
 #include <algorithm>
 #include <atomic>
 
@@ -27,6 +34,18 @@ constexpr size_t kSmemBudget = 40 * 1024;
 
 __host__ __device__ constexpr size_t align16(size_t bytes) { return (bytes + 15) / 16 * 16; }
 
+// Spherical harmonics of edge vector r (y computed in the kernel): thread 0 evaluates them into shared
+// memory; the first sync lets the block finish reading the previous row's values. Block-uniform call.
+template <typename T>
+__device__ const T* stage_sh_row(const TpCall& c, const T* vectors, int64_t r, bool valid, T* buf) {
+  __syncthreads();
+  if (threadIdx.x == 0 && valid) core::tp_sh_row(c, vectors + r * 3, buf);
+  __syncthreads();
+  return buf;
+}
+
+constexpr int kShRowElems = core::sh_dim(core::kTpShMaxL);
+
 template <TpSlot SLOT, typename T, bool SMEM>
 __global__ void __launch_bounds__(kThreads) tp_kernel(TpCall c, const TpPath* __restrict__ paths_g,
                                                       const int32_t* __restrict__ cg_ijk,
@@ -36,6 +55,7 @@ __global__ void __launch_bounds__(kThreads) tp_kernel(TpCall c, const TpPath* __
   extern __shared__ __align__(16) unsigned char smem_raw[];
   TpPath* paths = reinterpret_cast<TpPath*>(smem_raw);
   T* acc = reinterpret_cast<T*>(smem_raw + align16(c.num_paths * sizeof(TpPath)));
+  T* sh_row = acc + (SMEM ? align16(c.out_width() * sizeof(T)) / sizeof(T) : 0);
   for (int k = threadIdx.x; k < c.num_paths * core::kTpPathFields; k += blockDim.x)
     reinterpret_cast<int32_t*>(paths)[k] = reinterpret_cast<const int32_t*>(paths_g)[k];
 
@@ -52,7 +72,7 @@ __global__ void __launch_bounds__(kThreads) tp_kernel(TpCall c, const TpPath* __
     const int64_t orow_index = c.out_row(r, rx, rz);
     T* dst = SMEM ? acc : (reduce ? out : out + orow_index * width);
     const T* xr = x ? x + rx * c.dim_x : nullptr;
-    const T* yr = y ? y + r * c.dim_y : nullptr;
+    const T* yr = c.sh_lmax >= 0 ? stage_sh_row(c, y, r, valid, sh_row) : y ? y + r * c.dim_y : nullptr;
     const T* wr = w ? w + r * wrow : nullptr;
     const T* zr = z ? z + rz * c.dim_z : nullptr;
     auto add = [dst](int64_t idx, T v) { atomicAdd(dst + idx, v); };
@@ -95,23 +115,21 @@ __host__ __device__ inline size_t uvu_table_bytes(const TpCall& c, size_t elem) 
   return align16(c.num_paths * sizeof(TpPath)) + align16(c.num_paths * elem);
 }
 __host__ __device__ inline int64_t uvu_part_stride(const TpCall& c) { return c.dim_y | 1; }  // odd: no bank conflicts
-__host__ __device__ inline size_t uvu_smem_bytes(const TpCall& c, int threads, size_t elem) {
+// with_sh: including the row of spherical harmonics at the end (sh_lmax >= 0).
+__host__ __device__ inline size_t uvu_smem_bytes(const TpCall& c, int threads, size_t elem, bool with_sh = true) {
   const int64_t extra = c.slot == TpSlot::kY ? threads * uvu_part_stride(c) : c.reduces_rows() ? c.num_w : 0;
-  return uvu_table_bytes(c, elem) + extra * elem;
+  return uvu_table_bytes(c, elem) + align16(extra * elem) + (with_sh && c.sh_lmax >= 0 ? kShRowElems * elem : 0);
 }
 
 // The irreps block a path writes in slot SLOT's operand (z: its output block, x: its first input).
 template <TpSlot SLOT>
 __device__ int32_t uvu_target(const TpPath& p) { return SLOT == TpSlot::kZ ? p.off_out : p.off1; }
 
-// Slots z and x: out[u, :] of one irrep block, summed over the run of paths [first, end) writing it
-// (Python groups the paths by that block), for rows' operands x, y, w, z.
+// Slots z and x: adds to acc (out[u, :] of one irrep block) the contributions of the run of paths
+// [first, end) writing it (Python groups the paths by that block), for one row's operands x, y, w, z.
 template <TpSlot SLOT, int LT, typename T>
-__device__ void uvu_block(const TpCall& c, const TpPath* paths, const T* pw, int32_t first, int32_t end, int32_t u,
-                          const T* x, const T* y, const T* w, const T* z, T* out, bool scatter) {
-  constexpr int DT = 2 * LT + 1;
-  T acc[DT];
-  for (int k = 0; k < DT; ++k) acc[k] = T(0);
+__device__ void uvu_accumulate(const TpCall& c, const TpPath* paths, const T* pw, int32_t first, int32_t end,
+                               int32_t u, const T* x, const T* y, const T* w, const T* z, T* acc) {
   for (int32_t pi = first; pi < end; ++pi) {
     const TpPath& p = paths[pi];
     if (!core::uvu_path_active<SLOT>(p, c.with_unweighted)) continue;
@@ -125,13 +143,30 @@ __device__ void uvu_block(const TpCall& c, const TpPath* paths, const T* pw, int
       }
     });
   }
-  T* dst = out + uvu_target<SLOT>(paths[first]) + u * DT;
-  for (int k = 0; k < DT; ++k) {
-    if (scatter)
+}
+
+enum class Store { kSet, kAdd, kAtomicAdd };
+
+template <int D, typename T>
+__device__ void store_block(const T* acc, T* dst, Store how) {
+  for (int k = 0; k < D; ++k) {
+    if (how == Store::kAtomicAdd)
       atomicAdd(dst + k, acc[k]);
+    else if (how == Store::kAdd)
+      dst[k] += acc[k];
     else
       dst[k] = acc[k];
   }
+}
+
+template <TpSlot SLOT, int LT, typename T>
+__device__ void uvu_block(const TpCall& c, const TpPath* paths, const T* pw, int32_t first, int32_t end, int32_t u,
+                          const T* x, const T* y, const T* w, const T* z, T* out, bool scatter) {
+  constexpr int DT = 2 * LT + 1;
+  T acc[DT];
+  for (int k = 0; k < DT; ++k) acc[k] = T(0);
+  uvu_accumulate<SLOT, LT>(c, paths, pw, first, end, u, x, y, w, z, acc);
+  store_block<DT>(acc, out + uvu_target<SLOT>(paths[first]) + u * DT, scatter ? Store::kAtomicAdd : Store::kSet);
 }
 
 // GRAPH: rows are edges (gathers and scatters); a separate instantiation keeps the plain product lean.
@@ -144,6 +179,7 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_kernel(TpCall c, const TpPath
   TpPath* paths = reinterpret_cast<TpPath*>(smem_raw);
   T* pw = reinterpret_cast<T*>(smem_raw + align16(c.num_paths * sizeof(TpPath)));
   T* scratch = reinterpret_cast<T*>(smem_raw + uvu_table_bytes(c, sizeof(T)));
+  T* sh_row = reinterpret_cast<T*>(smem_raw + uvu_smem_bytes(c, blockDim.x, sizeof(T), false));
   for (int k = threadIdx.x; k < c.num_paths * core::kTpPathFields; k += blockDim.x)
     reinterpret_cast<int32_t*>(paths)[k] = reinterpret_cast<const int32_t*>(paths_g)[k];
   for (int k = threadIdx.x; k < c.num_paths; k += blockDim.x) pw[k] = pw_g[k];
@@ -158,7 +194,7 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_kernel(TpCall c, const TpPath
     int64_t rx = r, rz = r;
     const bool valid = !GRAPH || c.edge_rows(r, &rx, &rz);  // uniform over the block
     const T* xr = x ? x + rx * c.dim_x : nullptr;
-    const T* yr = y ? y + r * c.dim_y : nullptr;
+    const T* yr = c.sh_lmax >= 0 ? stage_sh_row(c, y, r, valid, sh_row) : y ? y + r * c.dim_y : nullptr;
     const T* wr = w ? (c.shared_w ? w : w + r * c.num_w) : nullptr;
     const T* zr = z ? z + rz * c.dim_z : nullptr;
     if (!valid && !(SLOT == TpSlot::kY || (SLOT == TpSlot::kW && !reduce))) continue;  // dropped edge
@@ -221,6 +257,170 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_kernel(TpCall c, const TpPath
   }
 }
 
+// ---- deterministic scatter (segmented) -------------------------------------------------------------
+//
+// Block per target node; its edges (core::TpCall::seg_offsets / seg_edges) are taken kChunk at a time:
+// threads stage the edge ids, the rows of the gathered operand and (sh_lmax >= 0) the spherical
+// harmonics in shared memory, then every thread sums its output elements over the chunk's edges in
+// order. The first chunk stores, later ones add: the node's row has no other writer.
+
+constexpr int kChunk = 32;
+
+struct SegmentChunk {
+  int32_t* edge;    // edge id, or -1 for an entry that is skipped (invalid, or not this node's)
+  int32_t* source;  // row of the gathered operand: the sender's x row (slot z), the receiver's z row (slot x)
+};
+
+template <typename T>
+__host__ __device__ inline size_t segment_smem_bytes(const TpCall& c, size_t table_bytes) {
+  return table_bytes + align16(2 * kChunk * sizeof(int32_t)) +
+         (c.sh_lmax >= 0 ? kChunk * static_cast<size_t>(c.dim_y) * sizeof(T) : 0);
+}
+
+// Stages edges [k0, k0 + count) of node n's list; returns after the block has synced.
+template <typename T>
+__device__ void stage_chunk(const TpCall& c, int64_t n, int64_t k0, int count, const T* y, SegmentChunk chunk,
+                            T* sh_rows) {
+  if (threadIdx.x < count) {
+    const int64_t k = k0 + threadIdx.x;
+    const int64_t e = c.seg_edges ? c.seg_edges[k] : k;
+    int64_t rx = 0, rz = 0;
+    const bool ok = c.segment_edge(e, n, &rx, &rz);
+    chunk.edge[threadIdx.x] = ok ? static_cast<int32_t>(e) : -1;
+    chunk.source[threadIdx.x] = static_cast<int32_t>(c.slot == TpSlot::kZ ? rx : rz);
+    if (ok && c.sh_lmax >= 0) core::tp_sh_row(c, y + e * 3, sh_rows + threadIdx.x * c.dim_y);
+  }
+  __syncthreads();
+}
+
+// Node n's edge range [begin, end), clamped to the edge count (the offsets are device data).
+__device__ inline void segment_range(const TpCall& c, int64_t n, int64_t* begin, int64_t* end) {
+  *begin = min(max(int64_t(c.seg_offsets[n]), int64_t(0)), c.rows);
+  *end = min(max(int64_t(c.seg_offsets[n + 1]), *begin), c.rows);
+}
+
+// Operands of one staged edge t: the gathered row (x for slot z, z for slot x), y, w.
+template <TpSlot SLOT, typename T>
+struct EdgeRows {
+  const T *x, *y, *w, *z;
+  __device__ EdgeRows(const TpCall& c, SegmentChunk chunk, int t, const T* sh_rows, const T* x_g, const T* y_g,
+                      const T* w_g, const T* z_g) {
+    const int64_t e = chunk.edge[t], src = chunk.source[t];
+    x = SLOT == TpSlot::kZ ? x_g + src * c.dim_x : nullptr;
+    z = SLOT == TpSlot::kX ? z_g + src * c.dim_z : nullptr;
+    y = c.sh_lmax >= 0 ? sh_rows + t * c.dim_y : y_g + e * c.dim_y;
+    w = c.shared_w ? w_g : w_g + e * c.num_w;
+  }
+};
+
+template <TpSlot SLOT, int LT, typename T>
+__device__ void uvu_segment_block(const TpCall& c, const TpPath* paths, const T* pw, int32_t first, int32_t end,
+                                  int32_t u, SegmentChunk chunk, int count, const T* sh_rows, const T* x,
+                                  const T* y, const T* w, const T* z, T* orow, bool add) {
+  constexpr int DT = 2 * LT + 1;
+  T acc[DT];
+  for (int k = 0; k < DT; ++k) acc[k] = T(0);
+  for (int t = 0; t < count; ++t) {
+    if (chunk.edge[t] < 0) continue;
+    const EdgeRows<SLOT, T> r(c, chunk, t, sh_rows, x, y, w, z);
+    uvu_accumulate<SLOT, LT>(c, paths, pw, first, end, u, r.x, r.y, r.w, r.z, acc);
+  }
+  store_block<DT>(acc, orow + uvu_target<SLOT>(paths[first]) + u * DT, add ? Store::kAdd : Store::kSet);
+}
+
+template <TpSlot SLOT, typename T>
+__global__ void __launch_bounds__(kThreads) tp_uvu_segment_kernel(TpCall c, const TpPath* __restrict__ paths_g,
+                                                                  const T* __restrict__ pw_g, const T* __restrict__ x,
+                                                                  const T* __restrict__ y, const T* __restrict__ w,
+                                                                  const T* __restrict__ z, T* __restrict__ out) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  TpPath* paths = reinterpret_cast<TpPath*>(smem_raw);
+  T* pw = reinterpret_cast<T*>(smem_raw + align16(c.num_paths * sizeof(TpPath)));
+  unsigned char* chunk_raw = smem_raw + uvu_table_bytes(c, sizeof(T));
+  const SegmentChunk chunk{reinterpret_cast<int32_t*>(chunk_raw), reinterpret_cast<int32_t*>(chunk_raw) + kChunk};
+  T* sh_rows = reinterpret_cast<T*>(chunk_raw + align16(2 * kChunk * sizeof(int32_t)));
+  for (int k = threadIdx.x; k < c.num_paths * core::kTpPathFields; k += blockDim.x)
+    reinterpret_cast<int32_t*>(paths)[k] = reinterpret_cast<const int32_t*>(paths_g)[k];
+  for (int k = threadIdx.x; k < c.num_paths; k += blockDim.x) pw[k] = pw_g[k];
+  __syncthreads();
+
+  for (int64_t n = blockIdx.x; n < c.nodes; n += gridDim.x) {
+    int64_t begin, end;
+    segment_range(c, n, &begin, &end);
+    T* orow = out + n * c.out_width();
+    for (int64_t k0 = begin;; k0 += kChunk) {  // at least once: a node without edges stores zeros
+      const int count = static_cast<int>(min(int64_t(kChunk), end - k0));
+      stage_chunk(c, n, k0, count, y, chunk, sh_rows);
+      for (int32_t first = 0, last; first < c.num_paths; first = last) {
+        const int32_t target = uvu_target<SLOT>(paths[first]);
+        for (last = first + 1; last < c.num_paths && uvu_target<SLOT>(paths[last]) == target;) ++last;
+        const TpPath& p = paths[first];
+        const int lt = ((SLOT == TpSlot::kZ ? p.dim_out : p.dim1) - 1) / 2;
+        for (int32_t u = threadIdx.x; u < p.mul1; u += blockDim.x) {
+#define JBM_SEGMENT_BLOCK(LT)                                                                                 \
+  uvu_segment_block<SLOT, LT>(c, paths, pw, first, last, u, chunk, count, sh_rows, x, y, w, z, orow, k0 > begin)
+          switch (lt) {
+            case 0: JBM_SEGMENT_BLOCK(0); break;
+            case 1: JBM_SEGMENT_BLOCK(1); break;
+            case 2: JBM_SEGMENT_BLOCK(2); break;
+            default: JBM_SEGMENT_BLOCK(3); break;
+          }
+#undef JBM_SEGMENT_BLOCK
+        }
+      }
+      __syncthreads();  // the chunk's staging is reused
+      if (k0 + kChunk >= end) break;
+    }
+  }
+}
+
+// Any problem: thread per output element of the node's row (core::tp_path_element).
+template <TpSlot SLOT, typename T>
+__global__ void __launch_bounds__(kThreads) tp_segment_kernel(TpCall c, const TpPath* __restrict__ paths_g,
+                                                              const int32_t* __restrict__ cg_ijk,
+                                                              const T* __restrict__ cg_c, const T* __restrict__ pw,
+                                                              const T* __restrict__ x, const T* __restrict__ y,
+                                                              const T* __restrict__ w, const T* __restrict__ z,
+                                                              T* __restrict__ out) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  TpPath* paths = reinterpret_cast<TpPath*>(smem_raw);
+  unsigned char* chunk_raw = smem_raw + align16(c.num_paths * sizeof(TpPath));
+  const SegmentChunk chunk{reinterpret_cast<int32_t*>(chunk_raw), reinterpret_cast<int32_t*>(chunk_raw) + kChunk};
+  T* sh_rows = reinterpret_cast<T*>(chunk_raw + align16(2 * kChunk * sizeof(int32_t)));
+  for (int k = threadIdx.x; k < c.num_paths * core::kTpPathFields; k += blockDim.x)
+    reinterpret_cast<int32_t*>(paths)[k] = reinterpret_cast<const int32_t*>(paths_g)[k];
+  __syncthreads();
+
+  const int64_t width = c.out_width();
+  for (int64_t n = blockIdx.x; n < c.nodes; n += gridDim.x) {
+    int64_t begin, end;
+    segment_range(c, n, &begin, &end);
+    T* orow = out + n * width;
+    for (int64_t k0 = begin;; k0 += kChunk) {
+      const int count = static_cast<int>(min(int64_t(kChunk), end - k0));
+      stage_chunk(c, n, k0, count, y, chunk, sh_rows);
+      for (int64_t idx = threadIdx.x; idx < width; idx += blockDim.x) {
+        T acc = T(0);
+        for (int t = 0; t < count; ++t) {
+          if (chunk.edge[t] < 0) continue;
+          const EdgeRows<SLOT, T> r(c, chunk, t, sh_rows, x, y, w, z);
+          for (int32_t pi = 0; pi < c.num_paths; ++pi) {
+            const TpPath& p = paths[pi];
+            const int64_t rel = idx - core::tp_target_offset<SLOT>(p);
+            const int32_t dim = core::tp_target_dim<SLOT>(p);
+            if (rel < 0 || rel >= int64_t(core::tp_target_channels<SLOT>(p)) * dim) continue;
+            acc += core::tp_path_element<SLOT>(p, static_cast<int32_t>(rel / dim), static_cast<int32_t>(rel % dim),
+                                               pw[pi], c.with_unweighted, r.x, r.y, r.w, r.z, cg_ijk, cg_c);
+          }
+        }
+        orow[idx] = k0 > begin ? orow[idx] + acc : acc;
+      }
+      __syncthreads();
+      if (k0 + kChunk >= end) break;
+    }
+  }
+}
+
 // A device attribute of the current device, queried once per device (launches are a hot path).
 template <cudaDeviceAttr ATTR>
 int device_attribute(int fallback) {
@@ -267,6 +467,28 @@ bool launch_uvu(cudaStream_t stream, const TpCall& c, const TpPath* paths, const
 }
 
 template <TpSlot SLOT, typename T>
+cudaError_t launch_segmented(cudaStream_t stream, const TpCall& c, const TpPath* paths, const int32_t* cg_ijk,
+                             const T* cg_c, const T* pw, const T* const ops[4], T* out) {
+  const bool uvu = c.kernel == core::TpKernel::kUvu;
+  const size_t smem = segment_smem_bytes<T>(c, uvu ? uvu_table_bytes(c, sizeof(T)) : align16(c.num_paths * sizeof(TpPath)));
+  if (smem > 48 * 1024) return cudaErrorInvalidConfiguration;  // tables of a few hundred paths at most
+  cudaError_t err;
+  // The unrolled kernel stores only the blocks that paths write.
+  if (uvu && (c.zero_fill >> static_cast<int>(SLOT)) & 1) {
+    err = cudaMemsetAsync(out, 0, c.out_rows() * c.out_width() * sizeof(T), stream);
+    if (err != cudaSuccess) return err;
+  }
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(c.nodes, int64_t(1) << 20));
+  if (blocks == 0) return cudaSuccess;
+  if (uvu)
+    tp_uvu_segment_kernel<SLOT, T><<<blocks, kThreads, smem, stream>>>(c, paths, pw, ops[0], ops[1], ops[2], ops[3], out);
+  else
+    tp_segment_kernel<SLOT, T><<<blocks, kThreads, smem, stream>>>(c, paths, cg_ijk, cg_c, pw, ops[0], ops[1], ops[2],
+                                                                    ops[3], out);
+  return cudaGetLastError();
+}
+
+template <TpSlot SLOT, typename T>
 cudaError_t launch(cudaStream_t stream, const TpCall& c, const TpPath* paths, const int32_t* cg_ijk,
                    const T* cg_c, const T* pw, const T* const ops[4], T* out) {
   const int64_t width = c.out_width();
@@ -274,10 +496,13 @@ cudaError_t launch(cudaStream_t stream, const TpCall& c, const TpPath* paths, co
   const bool empty = c.rows == 0 || c.num_items == 0;
   if (empty) return out_elems > 0 ? cudaMemsetAsync(out, 0, out_elems * sizeof(T), stream) : cudaSuccess;
   cudaError_t err = cudaSuccess;
+  if constexpr (SLOT == TpSlot::kZ || SLOT == TpSlot::kX)
+    if (c.segmented()) return launch_segmented<SLOT, T>(stream, c, paths, cg_ijk, cg_c, pw, ops, out);
   if (c.kernel == core::TpKernel::kUvu && launch_uvu<SLOT, T>(stream, c, paths, pw, ops, out, &err)) return err;
 
   const size_t table = align16(c.num_paths * sizeof(TpPath));
-  const bool smem_acc = table + width * sizeof(T) <= kSmemBudget;
+  const size_t sh_bytes = c.sh_lmax >= 0 ? kShRowElems * sizeof(T) : 0;
+  const bool smem_acc = table + align16(width * sizeof(T)) + sh_bytes <= kSmemBudget;
   // Global accumulation needs a zeroed output; so does the cross-block sum of shared-weight grads.
   if (!smem_acc || c.reduces_rows() || c.scatters()) {
     err = cudaMemsetAsync(out, 0, out_elems * sizeof(T), stream);
@@ -285,7 +510,7 @@ cudaError_t launch(cudaStream_t stream, const TpCall& c, const TpPath* paths, co
   }
   const int64_t max_blocks = c.reduces_rows() ? 4 * multiprocessors() : (int64_t(1) << 20);
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(c.rows, max_blocks));
-  const size_t smem = table + (smem_acc ? width * sizeof(T) : 0);
+  const size_t smem = table + (smem_acc ? align16(width * sizeof(T)) : 0) + sh_bytes;
   if (smem_acc)
     tp_kernel<SLOT, T, true><<<blocks, kThreads, smem, stream>>>(c, paths, cg_ijk, cg_c, pw, ops[0], ops[1],
                                                                   ops[2], ops[3], out);

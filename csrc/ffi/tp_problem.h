@@ -1,9 +1,11 @@
 // Validation of a tensor-product call, shared by the CPU and CUDA handlers.
 //
 // Operands: the three slots other than the output slot, in slot order (x, y, w, z); the graph's
-// senders and receivers (int32[E], empty for a plain product); the problem tables: paths int32[P, 14],
-// cg_ijk int32[C, 3], cg_c T[C], path_weight T[P]. Attributes: slot, shared_w, with_unweighted,
-// widths, kernel (core::TpKernel), zero_fill, num_nodes (-1 for a plain product).
+// senders and receivers (int32[E], empty for a plain product); the deterministic scatter's edge lists,
+// seg_offsets int32[num_nodes + 1] and seg_edges int32[E] (both may be empty: see core::TpCall); the
+// problem tables: paths int32[P, 14], cg_ijk int32[C, 3], cg_c T[C], path_weight T[P]. Attributes:
+// slot, shared_w, with_unweighted, widths, kernel (core::TpKernel), zero_fill, num_nodes (-1 for a
+// plain product), sh_lmax / sh_normalize / sh_normalization (y from edge vectors; sh_lmax -1: y is data).
 #pragma once
 
 #include <array>
@@ -22,12 +24,13 @@ struct TpBuffers {
 
 inline xla::ffi::Error check_tp(const xla::ffi::AnyBuffer& a, const xla::ffi::AnyBuffer& b,
                                 const xla::ffi::AnyBuffer& c, const xla::ffi::AnyBuffer& senders,
-                                const xla::ffi::AnyBuffer& receivers, const xla::ffi::AnyBuffer& paths,
+                                const xla::ffi::AnyBuffer& receivers, const xla::ffi::AnyBuffer& seg_offsets,
+                                const xla::ffi::AnyBuffer& seg_edges, const xla::ffi::AnyBuffer& paths,
                                 const xla::ffi::AnyBuffer& cg_ijk, const xla::ffi::AnyBuffer& cg_c,
                                 const xla::ffi::AnyBuffer& path_weight, const xla::ffi::AnyBuffer& out, int32_t slot,
                                 int32_t shared_w, int32_t with_unweighted, int32_t dim_x, int32_t dim_y, int32_t dim_z,
                                 int32_t num_w, int64_t num_items, int32_t kernel, int32_t zero_fill, int64_t num_nodes,
-                                TpBuffers* bufs,
+                                int32_t sh_lmax, int32_t sh_normalize, int32_t sh_normalization, TpBuffers* bufs,
                                 core::TpCall* out_call) {
   using ffi_util::invalid;
   namespace ffi = xla::ffi;
@@ -57,13 +60,23 @@ inline xla::ffi::Error check_tp(const xla::ffi::AnyBuffer& a, const xla::ffi::An
   if (dim_x <= 0 || dim_y <= 0 || dim_z <= 0 || num_w < 0 || num_items < 0)
     return invalid("invalid operand widths for ", kTpOp);
 
+  if (sh_lmax >= 0) {
+    if (sh_lmax > core::kTpShMaxL || dim_y != core::sh_dim(sh_lmax))
+      return invalid("sh_lmax of ", kTpOp, " must be in [0, ", core::kTpShMaxL, "] with dim_y = (sh_lmax + 1)^2, got ",
+                     sh_lmax, " and ", dim_y);
+    if (slot == static_cast<int32_t>(core::TpSlot::kY))
+      return invalid(kTpOp, " cannot return the y gradient of spherical harmonics computed in the kernel");
+    if (sh_normalization < 0 || sh_normalization > 2)
+      return invalid("sh_normalization of ", kTpOp, " must be 0, 1 or 2, got ", sh_normalization);
+  }
   core::TpCall call{static_cast<core::TpSlot>(slot), 0,
                     static_cast<int32_t>(paths.element_count() / core::kTpPathFields), num_items,
                     dim_x, dim_y, dim_z, num_w, shared_w != 0, with_unweighted != 0,
-                    static_cast<core::TpKernel>(kernel), zero_fill, num_nodes, nullptr, nullptr};
+                    static_cast<core::TpKernel>(kernel), zero_fill, num_nodes, nullptr, nullptr, nullptr, nullptr,
+                    sh_lmax < 0 ? -1 : sh_lmax, sh_normalize != 0, static_cast<core::ShNormalization>(sh_normalization)};
   if (static_cast<int64_t>(path_weight.element_count()) != call.num_paths)
     return invalid("path weights of ", kTpOp, " must have one entry per path");
-  const int64_t widths[4] = {dim_x, dim_y, num_w, dim_z};
+  const int64_t widths[4] = {dim_x, call.y_width(), num_w, dim_z};
   const bool graph = num_nodes >= 0;
   if (senders.element_type() != ffi::DataType::S32 || receivers.element_type() != ffi::DataType::S32)
     return invalid("senders and receivers of ", kTpOp, " must be int32");
@@ -75,7 +88,22 @@ inline xla::ffi::Error check_tp(const xla::ffi::AnyBuffer& a, const xla::ffi::An
                      senders.element_count(), " and ", receivers.element_count());
     call.senders = static_cast<const int32_t*>(senders.untyped_data());
     call.receivers = static_cast<const int32_t*>(receivers.untyped_data());
+    if (seg_offsets.element_type() != ffi::DataType::S32 || seg_edges.element_type() != ffi::DataType::S32)
+      return invalid("edge lists of ", kTpOp, " must be int32");
+    if (seg_offsets.element_count() != 0) {
+      if (static_cast<int64_t>(seg_offsets.element_count()) != num_nodes + 1)
+        return invalid("seg_offsets of ", kTpOp, " must have num_nodes + 1 = ", num_nodes + 1, " entries, got ",
+                       seg_offsets.element_count());
+      call.seg_offsets = static_cast<const int32_t*>(seg_offsets.untyped_data());
+    }
+    if (seg_edges.element_count() != 0) {
+      if (static_cast<int64_t>(seg_edges.element_count()) != call.rows || call.seg_offsets == nullptr)
+        return invalid("seg_edges of ", kTpOp, " must have one entry per edge, with seg_offsets");
+      call.seg_edges = static_cast<const int32_t*>(seg_edges.untyped_data());
+    }
   } else {
+    if (seg_offsets.element_count() != 0 || seg_edges.element_count() != 0)
+      return invalid("edge lists of ", kTpOp, " must be empty without num_nodes");
     if (senders.element_count() != 0 || receivers.element_count() != 0)
       return invalid("senders and receivers of ", kTpOp, " must be empty without num_nodes");
     // Rows come from x (or y when x is the output).
@@ -93,6 +121,20 @@ inline xla::ffi::Error check_tp(const xla::ffi::AnyBuffer& a, const xla::ffi::An
   }
   *out_call = call;
   return ffi::Error::Success();
+}
+
+// Checks the deterministic scatter's edge lists (CPU only, where they are host memory; the GPU kernels
+// clamp offsets and skip out-of-range entries instead): offsets non-decreasing within [0, rows].
+inline xla::ffi::Error check_tp_segments(const core::TpCall& c) {
+  if (!c.seg_offsets) return xla::ffi::Error::Success();
+  int64_t prev = 0;
+  for (int64_t n = 0; n <= c.nodes; ++n) {
+    const int64_t k = c.seg_offsets[n];
+    if (k < prev || k > c.rows || (n == 0 && k != 0))
+      return ffi_util::invalid("seg_offsets of ", kTpOp, " must rise from 0 to at most the edge count");
+    prev = k;
+  }
+  return xla::ffi::Error::Success();
 }
 
 // Checks the path table against the widths (CPU only: on the GPU the table lives in device memory and
@@ -137,8 +179,9 @@ inline xla::ffi::Error check_tp_paths(const core::TpCall& c, const core::TpPath*
 #define JBM_TP_BIND                                                                                \
   .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()         \
       .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()      \
-      .Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()                                                    \
+      .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()        \
       .Attr<int32_t>("slot").Attr<int32_t>("shared_w").Attr<int32_t>("with_unweighted")               \
       .Attr<int32_t>("dim_x").Attr<int32_t>("dim_y").Attr<int32_t>("dim_z").Attr<int32_t>("num_w")    \
       .Attr<int64_t>("num_items").Attr<int32_t>("kernel").Attr<int32_t>("zero_fill") \
-      .Attr<int64_t>("num_nodes")
+      .Attr<int64_t>("num_nodes").Attr<int32_t>("sh_lmax").Attr<int32_t>("sh_normalize")            \
+      .Attr<int32_t>("sh_normalization")

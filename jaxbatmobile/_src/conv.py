@@ -8,22 +8,42 @@ memory, forward or backward. Moving the output role to x (the gradient with resp
 turns the gather by sender into a scatter to senders: the same kernel, the same AD rules as the plain
 product (JVP = one call per tangent, transpose = permuted slot), hence derivatives of every order.
 
-Sums over edges use atomic adds on the GPU (edges in any order; the float summation order, hence the
-last bits, may vary between runs). On the CPU edges are summed in order, so results are reproducible.
+Two ways to sum over edges on the GPU:
+
+* atomic (default): one block per edge adds its contribution to the target row with atomic adds; edges
+  in any order, but the float summation order (hence the last bits) may change from run to run;
+* ``deterministic=True``: one block per target node sums its edges in a fixed order in registers and
+  stores the row once — bitwise-identical results on every run, forward and backward. The edge lists
+  (edges stably sorted by receiver, and by sender for the node-feature gradient) are computed in the
+  graph with two integer sorts; XLA shares them between calls on the same indices within one jit.
+  Edges need no particular order.
+
+On the CPU both modes sum in a fixed order (edge order, or node by node), so results are reproducible.
+
+``sh_conv`` is the same with ``edge_attrs = spherical_harmonics(edge_vectors)`` evaluated in the kernel
+(shared memory, never device memory); its gradient in the vectors is the y gradient chained through
+the SH Jacobian (jaxbatmobile._src.sh), so force training works through it.
 """
 
 from __future__ import annotations
 
+import e3nn_jax as e3nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.interpreters import batching
 
 from jaxbatmobile._src import tensor_product as tpm
+from jaxbatmobile._src.sh import _NORMALIZATIONS as sh_normalizations
 from jaxbatmobile._src.tensor_product import SLOT_W, SLOT_X, SLOT_Z, TensorProduct, conv_p
 
 
-def conv(tp: TensorProduct, node_feats, edge_attrs, edge_weights, senders, receivers, *, num_nodes: int) -> jax.Array:
+# Highest SH degree sh_conv evaluates in the kernel (csrc/core/tp.h, kTpShMaxL).
+SH_CONV_MAX_L = 4
+
+
+def conv(tp: TensorProduct, node_feats, edge_attrs, edge_weights, senders, receivers, *, num_nodes: int,
+         deterministic: bool = False) -> jax.Array:
     """Fused message passing with the tensor product ``tp``.
 
     Args:
@@ -31,49 +51,90 @@ def conv(tp: TensorProduct, node_feats, edge_attrs, edge_weights, senders, recei
         node_feats: ``[num_nodes, tp.irreps_in1.dim]``.
         edge_attrs: ``[E, tp.irreps_in2.dim]`` (e.g. spherical harmonics of the edge vectors).
         edge_weights: ``[E, tp.weight_numel]`` (per edge, e.g. from a radial MLP) or shared ``[weight_numel]``.
-        senders, receivers: ``[E]`` int32 or int64 node indices. An edge with an index outside
-            ``[0, num_nodes)`` is dropped: it contributes nothing, and its gradients are zero (never a
-            read or write outside the arrays).
+        senders, receivers: ``[E]`` int32 or int64 node indices, in any order. An edge with an index
+            outside ``[0, num_nodes)`` is dropped: it contributes nothing, and its gradients are zero
+            (never a read or write outside the arrays).
         num_nodes: number of output rows (static).
+        deterministic: sum each node's edges in a fixed order without atomics, so that results (and
+            every derivative) are bitwise identical from run to run (see the module docstring).
 
     Returns ``[num_nodes, tp.irreps_out.dim]``. Differentiable to any order in node_feats, edge_attrs
     and edge_weights; ``jax.vmap`` batches several graphs.
     """
-    node_feats, edge_attrs, edge_weights, senders, receivers, shared = _check(
-        tp, node_feats, edge_attrs, edge_weights, senders, receivers, num_nodes)
-    return tpm._bind(tp._tables, SLOT_Z, shared, node_feats, edge_attrs, edge_weights,
-                     graph=(senders, receivers, int(num_nodes)))
+    x, y, w, senders, receivers, shared = _check("conv", tp, node_feats, edge_attrs, tp.irreps_in2.dim,
+                                                 edge_weights, senders, receivers, num_nodes)
+    return tpm._bind(tp._tables, SLOT_Z, shared, x, y, w,
+                     graph=(senders, receivers, int(num_nodes), _flag("deterministic", deterministic)))
 
 
-def _check(tp, x, y, w, senders, receivers, num_nodes):
+def sh_conv(tp: TensorProduct, node_feats, edge_vectors, edge_weights, senders, receivers, *, num_nodes: int,
+            normalize: bool = True, normalization: str = "component", deterministic: bool = False) -> jax.Array:
+    """:func:`conv` with ``edge_attrs = spherical_harmonics(edge_vectors, l_max, normalize=normalize,
+    normalization=normalization)`` computed inside the kernel (the SH never reach device memory).
+
+    ``tp.irreps_in2`` must be the spherical harmonics irreps ``0e + 1o + ... + l_max`` (each degree once,
+    e3nn's ``Irreps.spherical_harmonics(l_max)``), with ``l_max <= 4``. ``edge_vectors``: ``[E, 3]``
+    (e.g. ``positions[receivers] - positions[senders]``); everything else as in :func:`conv`.
+    Differentiable in node_feats, edge_weights and edge_vectors (forces), to any order in the first two
+    and second order overall (what force training needs).
+    """
+    l_max = _sh_degree(tp)
+    normalization = "component" if normalization is None else normalization
+    if normalization not in sh_normalizations:
+        raise ValueError(f"sh_conv: `normalization` must be 'component', 'norm' or 'integral', got {normalization!r}")
+    x, v, w, senders, receivers, shared = _check("sh_conv", tp, node_feats, edge_vectors, 3, edge_weights,
+                                                 senders, receivers, num_nodes, y_name="edge_vectors")
+    return tpm._bind(tp._tables, SLOT_Z, shared, x, v, w,
+                     graph=(senders, receivers, int(num_nodes), _flag("deterministic", deterministic)),
+                     sh=(l_max, _flag("normalize", normalize), normalization))
+
+
+def _flag(name, value) -> bool:
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"conv: `{name}` must be a bool, got {value!r}")
+    return bool(value)
+
+
+def _sh_degree(tp) -> int:
+    l_max = tp.irreps_in2.lmax if len(tp.irreps_in2) else -1
+    if l_max < 0 or tp.irreps_in2 != e3nn.Irreps.spherical_harmonics(l_max) or l_max > SH_CONV_MAX_L:
+        raise ValueError(f"sh_conv: tp.irreps_in2 must be spherical harmonics irreps "
+                         f"{e3nn.Irreps.spherical_harmonics(max(0, min(l_max, SH_CONV_MAX_L)))} (degrees 0..l_max, "
+                         f"each once, l_max <= {SH_CONV_MAX_L}), got {tp.irreps_in2}")
+    return l_max
+
+
+def _check(op, tp, x, y, y_width, w, senders, receivers, num_nodes, y_name="edge_attrs"):
     if not isinstance(num_nodes, (int, np.integer)) or isinstance(num_nodes, bool) or num_nodes < 0:
-        raise ValueError(f"conv: `num_nodes` must be a non-negative int (static), got {num_nodes!r}")
+        raise ValueError(f"{op}: `num_nodes` must be a non-negative int (static), got {num_nodes!r}")
     if num_nodes >= 2**31:
-        raise ValueError(f"conv: at most 2**31 - 1 nodes are supported, got num_nodes={num_nodes}")
+        raise ValueError(f"{op}: at most 2**31 - 1 nodes are supported, got num_nodes={num_nodes}")
     arrays = []
-    for name, a in (("node_feats", x), ("edge_attrs", y), ("edge_weights", w)):
+    for name, a in (("node_feats", x), (y_name, y), ("edge_weights", w)):
         a = a if hasattr(a, "dtype") else jnp.asarray(a)
         if jnp.dtype(a.dtype) not in (jnp.float32, jnp.float64):
-            raise TypeError(f"conv: `{name}` must be float32 or float64, got {a.dtype}")
+            raise TypeError(f"{op}: `{name}` must be float32 or float64, got {a.dtype}")
         arrays.append(a)
     x, y, w = arrays
     if not x.dtype == y.dtype == w.dtype:
-        raise TypeError(f"conv: `node_feats`, `edge_attrs` and `edge_weights` must share one dtype, got "
+        raise TypeError(f"{op}: `node_feats`, `{y_name}` and `edge_weights` must share one dtype, got "
                         f"{x.dtype}, {y.dtype}, {w.dtype}")
     if x.shape != (num_nodes, tp.irreps_in1.dim):
-        raise ValueError(f"conv: `node_feats` must have shape [num_nodes, {tp.irreps_in1.dim}] = "
+        raise ValueError(f"{op}: `node_feats` must have shape [num_nodes, {tp.irreps_in1.dim}] = "
                          f"({num_nodes}, {tp.irreps_in1.dim}) ({tp.irreps_in1}), got {tuple(x.shape)}")
-    if y.ndim != 2 or y.shape[1] != tp.irreps_in2.dim:
-        raise ValueError(f"conv: `edge_attrs` must have shape [E, {tp.irreps_in2.dim}] ({tp.irreps_in2}), "
-                         f"got {tuple(y.shape)}")
+    if y.ndim != 2 or y.shape[1] != y_width:
+        what = "" if y_name == "edge_vectors" else f" ({tp.irreps_in2})"
+        raise ValueError(f"{op}: `{y_name}` must have shape [E, {y_width}]{what}, got {tuple(y.shape)}")
     num_edges = y.shape[0]
+    if num_edges >= 2**31:
+        raise ValueError(f"{op}: at most 2**31 - 1 edges are supported, got {num_edges}")
     indices = []
     for name, idx in (("senders", senders), ("receivers", receivers)):
         idx = idx if hasattr(idx, "dtype") else jnp.asarray(idx)
         if jnp.dtype(idx.dtype) not in (jnp.int32, jnp.int64):
-            raise TypeError(f"conv: `{name}` must be int32 or int64, got {idx.dtype}")
+            raise TypeError(f"{op}: `{name}` must be int32 or int64, got {idx.dtype}")
         if idx.shape != (num_edges,):
-            raise ValueError(f"conv: `{name}` must have shape [E] = ({num_edges},) like edge_attrs, got {tuple(idx.shape)}")
+            raise ValueError(f"{op}: `{name}` must have shape [E] = ({num_edges},) like {y_name}, got {tuple(idx.shape)}")
         # int64 indices beyond int32 would wrap: clamp them to -1 (out of range: the edge is dropped).
         if idx.dtype == jnp.int64:
             idx = jnp.where((idx >= 0) & (idx < num_nodes), idx, -1)
@@ -83,12 +144,12 @@ def _check(tp, x, y, w, senders, receivers, num_nodes):
     elif w.shape == (tp.weight_numel,):
         shared = True
     else:
-        raise ValueError(f"conv: `edge_weights` must have shape [E, {tp.weight_numel}] = ({num_edges}, "
+        raise ValueError(f"{op}: `edge_weights` must have shape [E, {tp.weight_numel}] = ({num_edges}, "
                          f"{tp.weight_numel}) or shared [{tp.weight_numel}], got {tuple(w.shape)}")
     return x, y, w, indices[0], indices[1], shared
 
 
-def _batch(args, dims, *, tables, slot, shared, unweighted, num_nodes):
+def _batch(args, dims, *, tables, slot, shared, unweighted, num_nodes, **params):
     """vmap over graphs: one disjoint graph of ``size * num_nodes`` nodes and ``size * E`` edges."""
     slots = tpm._slots_of(slot)
     size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
@@ -114,7 +175,7 @@ def _batch(args, dims, *, tables, slot, shared, unweighted, num_nodes):
         # Each graph's nodes move to their own range; out-of-range indices stay out of range (dropped).
         new_args.append(jnp.where((idx >= 0) & (idx < num_nodes), idx + offsets, -1).reshape(-1))
     out = conv_p.bind(*new_args, tables=tables, slot=slot, shared=new_shared,
-                      unweighted=unweighted, num_nodes=size * num_nodes)
+                      unweighted=unweighted, num_nodes=size * num_nodes, **params)
     if slot in (SLOT_X, SLOT_Z):
         out = out.reshape(size, num_nodes, -1)
     elif slot == SLOT_W and shared:

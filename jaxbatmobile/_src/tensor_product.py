@@ -32,6 +32,7 @@ from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
 from jaxbatmobile._src import ffi, tables as coefficient_tables
+from jaxbatmobile._src.sh import _NORMALIZATIONS as sh_normalizations, sh_jvp_p
 
 SLOT_X, SLOT_Y, SLOT_W, SLOT_Z = 0, 1, 2, 3
 _SLOT_NAMES = ("x", "y", "weights", "output")
@@ -258,19 +259,20 @@ def _prim(num_nodes):
     return tp_p if num_nodes is None else conv_p
 
 
-def _bind(tables: _Tables, slot: int, shared: bool, *operands_by_slot, graph=None):
+def _bind(tables: _Tables, slot: int, shared: bool, *operands_by_slot, graph=None, sh=None):
     """``operands_by_slot``: the three operands other than ``slot``, in slot order; ``graph``:
-    ``(senders, receivers, num_nodes)`` for the convolution.
+    ``(senders, receivers, num_nodes, deterministic)`` for the convolution; ``sh``: ``(l_max, normalize,
+    normalization)`` when y's slot holds edge vectors whose spherical harmonics the kernel computes.
 
     Parameter ``unweighted``: whether paths without weights contribute; true while w's slot holds the
     weights, false once it holds a tangent or cotangent (those paths don't depend on w).
     """
+    params = dict(tables=tables, slot=slot, shared=shared, unweighted=True, sh=sh)
     if graph is None:
-        return tp_p.bind(*operands_by_slot, tables=tables, slot=slot, shared=shared, unweighted=True,
-                         num_nodes=None)
-    senders, receivers, num_nodes = graph
-    return conv_p.bind(*operands_by_slot, senders, receivers, tables=tables, slot=slot, shared=shared,
-                       unweighted=True, num_nodes=num_nodes)
+        return tp_p.bind(*operands_by_slot, num_nodes=None, deterministic=False, **params)
+    senders, receivers, num_nodes, deterministic = graph
+    return conv_p.bind(*operands_by_slot, senders, receivers, num_nodes=num_nodes,
+                       deterministic=bool(deterministic), **params)
 
 
 def _slots_of(slot):
@@ -281,7 +283,7 @@ def _width(tables, s):
     return tables.dims[(0, 1, 3, 2)[s]]  # dims are (x, y, z, w)
 
 
-def _abstract(*ops, tables, slot, shared, unweighted, num_nodes):
+def _abstract(*ops, tables, slot, shared, num_nodes, **params):
     slots = _slots_of(slot)
     dtype = ops[0].dtype
     batch = None
@@ -302,25 +304,41 @@ for _p in (tp_p, conv_p):
     ffi.define_impl(_p)
 
 
-def _lowering(ctx, a, b, c, *graph, tables, slot, shared, unweighted, num_nodes):
+def _edge_lists(targets, num_nodes):
+    """The deterministic scatter's edge lists (csrc/core/tp.h, TpCall::seg_offsets): edges stably sorted
+    by target node, and where each node's run starts. Out-of-range targets sort last, in no node's run."""
+    key = jnp.where((targets >= 0) & (targets < num_nodes), targets, num_nodes)
+    order = jnp.argsort(key, stable=True).astype(jnp.int32)
+    counts = jnp.zeros((num_nodes + 1,), jnp.int32).at[key].add(1)  # integer sums: exact
+    offsets = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(counts[:num_nodes], dtype=jnp.int32)])
+    return offsets, order
+
+
+def _lowering(ctx, a, b, c, *graph, tables, slot, shared, unweighted, num_nodes, deterministic, sh):
     dtype = ctx.avals_in[0].dtype
     paths, path_weight = (tables.paths_by_x, tables.path_weight_by_x) if slot == SLOT_X else (tables.paths, tables.path_weight)
     consts = [jnp.asarray(paths), jnp.asarray(tables.cg_ijk), jnp.asarray(tables.cg_coef.astype(dtype)),
               jnp.asarray(path_weight.astype(dtype))]
     dim_x, dim_y, dim_z, num_w = tables.dims
+    sh_lmax, sh_normalize, sh_normalization = (-1, False, "component") if sh is None else sh
 
-    def call(a, b, c, senders, receivers, paths, cg_ijk, cg_coef, path_weight):
+    def call(a, b, c, senders, receivers, seg_offsets, seg_edges, paths, cg_ijk, cg_coef, path_weight):
         return jax.ffi.ffi_call("jbm_tp", jax.ShapeDtypeStruct(ctx.avals_out[0].shape, dtype))(
-            a, b, c, senders, receivers, paths, cg_ijk, cg_coef, path_weight, slot=np.int32(slot),
-            shared_w=np.int32(shared), with_unweighted=np.int32(unweighted),
+            a, b, c, senders, receivers, seg_offsets, seg_edges, paths, cg_ijk, cg_coef, path_weight,
+            slot=np.int32(slot), shared_w=np.int32(shared), with_unweighted=np.int32(unweighted),
             dim_x=np.int32(dim_x), dim_y=np.int32(dim_y), dim_z=np.int32(dim_z), num_w=np.int32(num_w),
             num_items=np.int64(tables.num_items), kernel=np.int32(tables.kernel),
-            zero_fill=np.int32(tables.zero_fill), num_nodes=np.int64(-1 if num_nodes is None else num_nodes))
+            zero_fill=np.int32(tables.zero_fill), num_nodes=np.int64(-1 if num_nodes is None else num_nodes),
+            sh_lmax=np.int32(sh_lmax), sh_normalize=np.int32(sh_normalize),
+            sh_normalization=np.int32(sh_normalizations[sh_normalization]))
 
     def body(a, b, c, *graph):
-        if not graph:
-            graph = (jnp.zeros((0,), jnp.int32),) * 2
-        return [call(a, b, c, *graph, *consts)]
+        empty = jnp.zeros((0,), jnp.int32)
+        senders, receivers = graph if graph else (empty, empty)
+        seg = (empty, empty)
+        if deterministic and slot in (SLOT_X, SLOT_Z):
+            seg = _edge_lists(receivers if slot == SLOT_Z else senders, num_nodes)
+        return [call(a, b, c, senders, receivers, *seg, *consts)]
 
     return mlir.lower_fun(body, multiple_results=True)(ctx, a, b, c, *graph)
 
@@ -332,14 +350,19 @@ ffi.register_lowering_rule(conv_p, _lowering, "jbm_tp")
 def _jvp_in(k):
     """Tangent from operand k: the same call with operand k replaced by its tangent."""
 
-    def rule(t, *ops, tables, slot, shared, unweighted, num_nodes):
+    def rule(t, *ops, **params):
         ops = list(ops)
+        target = _slots_of(params["slot"])[k]
+        if target == SLOT_Y and params["sh"] is not None:
+            # y = Y(vectors): the tangent of y is J(vectors)·t, and the call takes it as data.
+            l_max, normalize, normalization = params["sh"]
+            t = sh_jvp_p.bind(ops[k], t, l_max=l_max, normalize=normalize, normalization=normalization)
+            params = dict(params, sh=None)
         ops[k] = t
         # Paths without weights don't depend on w: they drop out once w's slot holds a tangent.
-        if _slots_of(slot)[k] == SLOT_W:
-            unweighted = False
-        return _prim(num_nodes).bind(*ops, tables=tables, slot=slot, shared=shared, unweighted=unweighted,
-                                     num_nodes=num_nodes)
+        if target == SLOT_W:
+            params = dict(params, unweighted=False)
+        return _prim(params["num_nodes"]).bind(*ops, **params)
 
     return rule
 
@@ -348,7 +371,8 @@ ad.defjvp(tp_p, _jvp_in(0), _jvp_in(1), _jvp_in(2))
 ad.defjvp(conv_p, _jvp_in(0), _jvp_in(1), _jvp_in(2), None, None)  # indices: no tangent
 
 
-def _transpose(ct, *ops, tables, slot, shared, unweighted, num_nodes):
+def _transpose(ct, *ops, **params):
+    slot = params["slot"]
     slots = _slots_of(slot)
     graph = list(ops[3:])
     ops = ops[:3]
@@ -357,6 +381,8 @@ def _transpose(ct, *ops, tables, slot, shared, unweighted, num_nodes):
         raise ValueError("the tensor product is multilinear: transpose needs exactly one unknown operand")
     (k,) = undefined
     target = slots[k]
+    if target == SLOT_Y and params["sh"] is not None:
+        raise ValueError("spherical harmonics computed in the kernel are not linear in the edge vectors")
     if type(ct) is ad.Zero:
         result = ad.Zero(ops[k].aval)
     else:
@@ -365,9 +391,16 @@ def _transpose(ct, *ops, tables, slot, shared, unweighted, num_nodes):
         del by_slot[target]
         # A cotangent moving into w's slot is not the weights: paths without weights drop out.
         if slot == SLOT_W:
-            unweighted = False
-        result = _prim(num_nodes).bind(*[by_slot[s] for s in _slots_of(target)], *graph, tables=tables,
-                                       slot=target, shared=shared, unweighted=unweighted, num_nodes=num_nodes)
+            params = dict(params, unweighted=False)
+        params = dict(params, slot=target)
+        # The GPU sums a shared-weight gradient across blocks with atomics; the deterministic mode takes
+        # the per-edge gradients instead and reduces them in XLA (a fixed-order reduction).
+        per_row = target == SLOT_W and params["shared"] and params["deterministic"]
+        if per_row:
+            params["shared"] = False
+        result = _prim(params["num_nodes"]).bind(*[by_slot[s] for s in _slots_of(target)], *graph, **params)
+        if per_row:
+            result = result.sum(axis=0)
     return [result if j == k else None for j in range(3)] + [None] * len(graph)
 
 
@@ -375,7 +408,7 @@ ad.primitive_transposes[tp_p] = _transpose
 ad.primitive_transposes[conv_p] = _transpose
 
 
-def _batch(args, dims, *, tables, slot, shared, unweighted, num_nodes):
+def _batch(args, dims, *, tables, slot, shared, unweighted, num_nodes, deterministic, sh):
     slots = _slots_of(slot)
     size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
     w_batched = any(s == SLOT_W and d is not None for s, d in zip(slots, dims))
@@ -397,7 +430,8 @@ def _batch(args, dims, *, tables, slot, shared, unweighted, num_nodes):
         else:
             a = a[0]
         new_args.append(a)
-    out = tp_p.bind(*new_args, tables=tables, slot=slot, shared=new_shared, unweighted=unweighted, num_nodes=None)
+    out = tp_p.bind(*new_args, tables=tables, slot=slot, shared=new_shared, unweighted=unweighted, num_nodes=None,
+                    deterministic=deterministic, sh=sh)
     if per_row_out_w:
         out = out.reshape((size, -1, out.shape[-1])).sum(axis=1)
     return out, 0
