@@ -97,6 +97,8 @@ class Row:
     floor_ms: float | None = None
     error: float | None = None
     status: str = "ok"  # ok | WRONG | skipped: why | failed: why
+    first_call_ms: float | None = None  # trace + compile + first run (in this process: caches may be warm)
+    memory_bytes: int | None = None  # XLA's buffer assignment of the compiled call: arguments + outputs + temps
 
     @property
     def floor_fraction(self) -> float | None:
@@ -130,6 +132,7 @@ class Report:
             + (f"{row.median_ms:9.4f} ms" if row.median_ms is not None else " " * 12)
             + (f"  floor {frac:5.1%}" if frac else "")
             + (f"  err {row.error:.1e}" if row.error is not None else "")
+            + (f"  mem {row.memory_bytes / 1e9:.2f} GB" if row.memory_bytes else "")
             + ("" if row.status == "ok" else f"  [{row.status}]"),
             flush=True,
         )
@@ -149,8 +152,9 @@ class Report:
         head = (
             f"Device {m['device']}, jax {m['jax']}, commit {m['commit']}, {m['date']}"
             + (f", measured copy bandwidth {bw:.0f} GB/s" if bw else "")
-            + ".\n\n| workload | library | dtype | median ms | spread (min–p90) | floor ms | floor/time | rel. error | status |\n"
-            "|---|---|---|---|---|---|---|---|---|\n"
+            + ".\n\n| workload | library | dtype | median ms | spread (min–p90) | floor ms | floor/time | rel. error "
+            "| memory GB | first call s | status |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|\n"
         )
         body = []
         for r in self.rows:
@@ -164,9 +168,24 @@ class Report:
                 + (f"{f:.0%}" if f else "–")
                 + " | "
                 + (f"{r.error:.1e}" if r.error is not None else "–")
+                + " | "
+                + (f"{r.memory_bytes / 1e9:.2f}" if r.memory_bytes else "–")
+                + " | "
+                + (f"{r.first_call_ms / 1e3:.2f}" if r.first_call_ms is not None else "–")
                 + f" | {r.status} |"
             )
         return head + "\n".join(body) + "\n"
+
+
+def compiled_memory(fn: Callable, inputs: tuple) -> int | None:
+    """Device memory XLA assigns to one call of the jitted ``fn``: arguments + outputs + temporaries
+    (what the call needs at its peak, independent of other live arrays and allocator caching)."""
+    try:
+        m = fn.lower(*inputs).compile().memory_analysis()
+        return int(m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes
+                   - m.alias_size_in_bytes)
+    except Exception:  # not every backend reports it
+        return None
 
 
 def run_case(report: Report, *, workload: str, library: str, dtype: str, fn: Callable,
@@ -175,7 +194,10 @@ def run_case(report: Report, *, workload: str, library: str, dtype: str, fn: Cal
     """Check ``fn`` against ``reference`` on the first input set, then time it."""
     row = Row(workload, library, dtype, bytes=nbytes, flops=flops)
     try:
+        t0 = time.perf_counter()
         out = block(fn(*input_sets[0]))
+        row.first_call_ms = (time.perf_counter() - t0) * 1e3
+        row.memory_bytes = compiled_memory(fn, input_sets[0])
         if reference is not None:
             ref = reference(*input_sets[0])
             row.error = max(rel_error(a, b) for a, b in zip(jax.tree_util.tree_leaves(out), jax.tree_util.tree_leaves(ref)))

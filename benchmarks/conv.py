@@ -1,5 +1,7 @@
 """Fused convolution, MACE-medium, N = 5,000 nodes, E = 150,000 edges, per-edge weights (GOALS.md):
-ours vs e3nn-jax unfused (gather, FunctionalTensorProduct, segment_sum)."""
+ours (atomic and deterministic) vs e3nn-jax unfused (gather, FunctionalTensorProduct, segment_sum);
+and the force-training step (positions → SH → conv → energy → forces → ‖F‖² → gradient w.r.t. node
+features and edge weights) with our sh_conv (SH in the kernel) vs e3nn-jax."""
 
 from __future__ import annotations
 
@@ -32,11 +34,14 @@ def run(report: Report, num_nodes: int, num_edges: int, dtype: str = "float32", 
     nbytes = (num_nodes * (tp.irreps_in1.dim + tp.irreps_out.dim) + num_edges * (16 + tp.weight_numel)) * item \
         + 2 * num_edges * 4
     ours = lambda x, y, w, g: jb.conv(tp, x, y, w, senders, receivers, num_nodes=num_nodes)  # noqa: E731
+    det = lambda x, y, w, g: jb.conv(tp, x, y, w, senders, receivers, num_nodes=num_nodes,  # noqa: E731
+                                     deterministic=True)
     e3 = lambda x, y, w, g: reference.conv(tp, x, y, w, senders, receivers, num_nodes, False)  # noqa: E731
     ref64 = lambda x, y, w, g: e3(*(a.astype(jnp.float64) for a in (x, y, w)), g)  # noqa: E731
     tol = 1e-5 if dtype == "float32" else 1e-12
     name = f"conv MACE-medium N={num_nodes:,} E={num_edges:,}"
-    for lib, f in (("jaxbatmobile", ours), ("e3nn-jax", e3)):
+    libs = (("jaxbatmobile", ours), ("jaxbatmobile det", det), ("e3nn-jax", e3))
+    for lib, f in libs:
         run_case(report, workload=f"{name} fwd", library=lib, dtype=dtype, fn=jax.jit(f), input_sets=sets,
                  reference=ref64, tol=tol, nbytes=nbytes, flops=None)
 
@@ -47,6 +52,32 @@ def run(report: Report, num_nodes: int, num_edges: int, dtype: str = "float32", 
         return run
 
     ref_fb = jax.jit(lambda *a: fwd_bwd(e3)(*(b.astype(jnp.float64) for b in a)))
-    for lib, f in (("jaxbatmobile", ours), ("e3nn-jax", e3)):
+    for lib, f in libs:
         run_case(report, workload=f"{name} fwd+bwd", library=lib, dtype=dtype, fn=jax.jit(fwd_bwd(f)),
                  input_sets=sets, reference=ref_fb, tol=tol * 10, nbytes=2 * nbytes, flops=None)
+
+    # Force-training step (GOALS.md): inputs positions, node features, edge weights.
+    pos_sets = [(jax.random.normal(keys[4 * i + 3], (num_nodes, 3), dtype) * 3.0, x, w) for i, (x, _, w, _) in
+                enumerate(sets)]
+
+    def force_step(conv_of_vectors):
+        def loss(x, w, pos):
+            def energy(pos):
+                vec = pos[receivers] - pos[senders]
+                out = conv_of_vectors(x, vec, w * jnp.exp(-0.01 * jnp.sum(vec**2, -1))[:, None])
+                return jnp.sum(out[:, :m] ** 2)  # the scalar outputs
+            return jnp.sum(jax.grad(energy)(pos) ** 2)
+        return lambda pos, x, w: jax.grad(loss, argnums=(0, 1))(x, w, pos)
+
+    sh = lambda v: reference.spherical_harmonics(v, 3, True, "component")  # noqa: E731
+    step_libs = (
+        ("jaxbatmobile", lambda x, v, w: jb.sh_conv(tp, x, v, w, senders, receivers, num_nodes=num_nodes)),
+        ("jaxbatmobile det", lambda x, v, w: jb.sh_conv(tp, x, v, w, senders, receivers, num_nodes=num_nodes,
+                                                        deterministic=True)),
+        ("e3nn-jax", lambda x, v, w: reference.conv(tp, x, sh(v), w, senders, receivers, num_nodes, False)),
+    )
+    step_ref = jax.jit(lambda *a: force_step(step_libs[2][1])(*(b.astype(jnp.float64) for b in a)))
+    for lib, f in step_libs:
+        run_case(report, workload=f"force step MACE-medium N={num_nodes:,} E={num_edges:,}", library=lib,
+                 dtype=dtype, fn=jax.jit(force_step(f)), input_sets=pos_sets, reference=step_ref, tol=tol * 100,
+                 nbytes=None, flops=None)
