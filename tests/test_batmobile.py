@@ -119,6 +119,7 @@ def test_fused_simple_matches_unfused(rng, channels):
     n, e = 6, 20
     feats = rng.normal(size=(n, 16) if channels is None else (n, channels, 16))
     v, src = rng.normal(size=(e, 3)), rng.integers(0, n, size=e)
+    v *= (0.5 + rng.uniform(size=(e, 1))) / np.linalg.norm(v, axis=1, keepdims=True)  # |v| in [0.5, 1.5]
     out = bm.fused_sh_tp_simple(v, feats, src)
     assert out.shape == (e,) + feats.shape[1:]
     y = _sh(v) if channels is None else np.repeat(_sh(v)[:, None], channels, 1)

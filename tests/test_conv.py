@@ -280,6 +280,7 @@ def test_sh_conv_check_grads_order2(rng, deterministic):
     s, r = _graph(rng, n, e)
     x, _, w = _inputs(rng, tp, n, e)
     v = rng.normal(size=(e, 3))
+    v *= (0.5 + rng.uniform(size=(e, 1))) / np.linalg.norm(v, axis=1, keepdims=True)  # finite differences need |v| ~ 1
     check_grads(lambda *a: jb.sh_conv(tp, *a, s, r, num_nodes=n, deterministic=deterministic), (x, v, w), order=2,
                 modes=("fwd", "rev"))
 

@@ -16,6 +16,8 @@
 //   no zeroing pass.
 // With sh_lmax >= 0 the y rows are spherical harmonics of edge vectors, evaluated into shared memory
 // (core::tp_sh_row) and never written to device memory.
+#include <cuda_pipeline.h>
+
 #include <algorithm>
 #include <atomic>
 
@@ -127,6 +129,19 @@ __device__ int32_t uvu_target(const TpPath& p) { return SLOT == TpSlot::kZ ? p.o
 
 // Slots z and x: adds to acc (out[u, :] of one irrep block) the contributions of the run of paths
 // [first, end) writing it (Python groups the paths by that block), for one row's operands x, y, w, z.
+// One path of such a run, its scale (pw · w[u], or pw for a path without weights) already known.
+template <TpSlot SLOT, int LT, typename T>
+__device__ void uvu_accumulate_path(const TpPath& p, int32_t u, const T* x, const T* y, const T* z, T scale, T* acc) {
+  core::uvu_dispatch(p, [&](auto l1, auto l2, auto lo) {
+    constexpr int L1 = decltype(l1)::value, L2 = decltype(l2)::value, LO = decltype(lo)::value;
+    if constexpr ((SLOT == TpSlot::kZ ? LO : L1) == LT) {
+      const T* xu = SLOT == TpSlot::kX ? nullptr : x + p.off1 + u * (2 * L1 + 1);
+      const T* zu = SLOT == TpSlot::kZ ? nullptr : z + p.off_out + u * (2 * LO + 1);
+      core::uvu_channel<L1, L2, LO, SLOT>(xu, y + p.off2, zu, scale, acc);
+    }
+  });
+}
+
 template <TpSlot SLOT, int LT, typename T>
 __device__ void uvu_accumulate(const TpCall& c, const TpPath* paths, const T* pw, int32_t first, int32_t end,
                                int32_t u, const T* x, const T* y, const T* w, const T* z, T* acc) {
@@ -134,14 +149,7 @@ __device__ void uvu_accumulate(const TpCall& c, const TpPath* paths, const T* pw
     const TpPath& p = paths[pi];
     if (!core::uvu_path_active<SLOT>(p, c.with_unweighted)) continue;
     const T scale = p.off_w >= 0 ? pw[pi] * w[p.off_w + u] : pw[pi];
-    core::uvu_dispatch(p, [&](auto l1, auto l2, auto lo) {
-      constexpr int L1 = decltype(l1)::value, L2 = decltype(l2)::value, LO = decltype(lo)::value;
-      if constexpr ((SLOT == TpSlot::kZ ? LO : L1) == LT) {
-        const T* xu = SLOT == TpSlot::kX ? nullptr : x + p.off1 + u * (2 * L1 + 1);
-        const T* zu = SLOT == TpSlot::kZ ? nullptr : z + p.off_out + u * (2 * LO + 1);
-        core::uvu_channel<L1, L2, LO, SLOT>(xu, y + p.off2, zu, scale, acc);
-      }
-    });
+    uvu_accumulate_path<SLOT, LT>(p, u, x, y, z, scale, acc);
   }
 }
 
@@ -265,22 +273,35 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_kernel(TpCall c, const TpPath
 // order. The first chunk stores, later ones add: the node's row has no other writer.
 
 constexpr int kChunk = 32;
+// y rows up to this width are staged in shared memory with the chunk (spherical harmonics always are).
+constexpr int kMaxStagedY = 32;
+// Weight prefetch of the unrolled segment kernel: while a thread works on edge t of a run of paths, the
+// weights of edges t+1 .. t+kDepth-1 are in flight (cp.async into a per-thread ring in shared memory).
+// The weights are the dominant byte stream, and a thread's edges are otherwise a chain of dependent
+// DRAM latencies. Runs of more than kMaxRun paths load their weights directly.
+constexpr int kDepth = 4, kMaxRun = 8;
 
 struct SegmentChunk {
   int32_t* edge;    // edge id, or -1 for an entry that is skipped (invalid, or not this node's)
   int32_t* source;  // row of the gathered operand: the sender's x row (slot z), the receiver's z row (slot x)
 };
 
+__host__ __device__ inline bool stages_y(const TpCall& c) { return c.sh_lmax >= 0 || c.dim_y <= kMaxStagedY; }
+
+// Shared memory after the tables: chunk indices, staged y rows, (unrolled kernel) the weight ring.
 template <typename T>
-__host__ __device__ inline size_t segment_smem_bytes(const TpCall& c, size_t table_bytes) {
-  return table_bytes + align16(2 * kChunk * sizeof(int32_t)) +
-         (c.sh_lmax >= 0 ? kChunk * static_cast<size_t>(c.dim_y) * sizeof(T) : 0);
+__host__ __device__ inline size_t segment_chunk_bytes(const TpCall& c) {
+  return align16(2 * kChunk * sizeof(int32_t)) + align16(stages_y(c) ? kChunk * size_t(c.dim_y) * sizeof(T) : 0);
+}
+template <typename T>
+__host__ __device__ inline size_t segment_smem_bytes(const TpCall& c, size_t table_bytes, bool ring) {
+  return table_bytes + segment_chunk_bytes<T>(c) + (ring ? size_t(kDepth) * kMaxRun * kThreads * sizeof(T) : 0);
 }
 
 // Stages edges [k0, k0 + count) of node n's list; returns after the block has synced.
 template <typename T>
 __device__ void stage_chunk(const TpCall& c, int64_t n, int64_t k0, int count, const T* y, SegmentChunk chunk,
-                            T* sh_rows) {
+                            T* y_rows) {
   if (threadIdx.x < count) {
     const int64_t k = k0 + threadIdx.x;
     const int64_t e = c.seg_edges ? c.seg_edges[k] : k;
@@ -288,7 +309,14 @@ __device__ void stage_chunk(const TpCall& c, int64_t n, int64_t k0, int count, c
     const bool ok = c.segment_edge(e, n, &rx, &rz);
     chunk.edge[threadIdx.x] = ok ? static_cast<int32_t>(e) : -1;
     chunk.source[threadIdx.x] = static_cast<int32_t>(c.slot == TpSlot::kZ ? rx : rz);
-    if (ok && c.sh_lmax >= 0) core::tp_sh_row(c, y + e * 3, sh_rows + threadIdx.x * c.dim_y);
+    if (ok && c.sh_lmax >= 0) core::tp_sh_row(c, y + e * 3, y_rows + threadIdx.x * c.dim_y);
+  }
+  if (c.sh_lmax < 0 && stages_y(c)) {  // data rows: coalesced copy, all threads
+    __syncthreads();
+    for (int i = threadIdx.x; i < count * c.dim_y; i += blockDim.x) {
+      const int32_t e = chunk.edge[i / c.dim_y];
+      if (e >= 0) y_rows[i] = y[int64_t(e) * c.dim_y + i % c.dim_y];
+    }
   }
   __syncthreads();
 }
@@ -303,27 +331,57 @@ __device__ inline void segment_range(const TpCall& c, int64_t n, int64_t* begin,
 template <TpSlot SLOT, typename T>
 struct EdgeRows {
   const T *x, *y, *w, *z;
-  __device__ EdgeRows(const TpCall& c, SegmentChunk chunk, int t, const T* sh_rows, const T* x_g, const T* y_g,
+  __device__ EdgeRows(const TpCall& c, SegmentChunk chunk, int t, const T* y_rows, const T* x_g, const T* y_g,
                       const T* w_g, const T* z_g) {
     const int64_t e = chunk.edge[t], src = chunk.source[t];
     x = SLOT == TpSlot::kZ ? x_g + src * c.dim_x : nullptr;
     z = SLOT == TpSlot::kX ? z_g + src * c.dim_z : nullptr;
-    y = c.sh_lmax >= 0 ? sh_rows + t * c.dim_y : y_g + e * c.dim_y;
+    y = stages_y(c) ? y_rows + t * c.dim_y : y_g + e * c.dim_y;
     w = c.shared_w ? w_g : w_g + e * c.num_w;
   }
 };
 
 template <TpSlot SLOT, int LT, typename T>
 __device__ void uvu_segment_block(const TpCall& c, const TpPath* paths, const T* pw, int32_t first, int32_t end,
-                                  int32_t u, SegmentChunk chunk, int count, const T* sh_rows, const T* x,
-                                  const T* y, const T* w, const T* z, T* orow, bool add) {
+                                  int32_t u, SegmentChunk chunk, int count, const T* y_rows, const T* x,
+                                  const T* y, const T* w, const T* z, T* ring, T* orow, bool add) {
   constexpr int DT = 2 * LT + 1;
   T acc[DT];
   for (int k = 0; k < DT; ++k) acc[k] = T(0);
-  for (int t = 0; t < count; ++t) {
-    if (chunk.edge[t] < 0) continue;
-    const EdgeRows<SLOT, T> r(c, chunk, t, sh_rows, x, y, w, z);
-    uvu_accumulate<SLOT, LT>(c, paths, pw, first, end, u, r.x, r.y, r.w, r.z, acc);
+  const int run = end - first;
+  if (run > kMaxRun) {
+    for (int t = 0; t < count; ++t) {
+      if (chunk.edge[t] < 0) continue;
+      const EdgeRows<SLOT, T> r(c, chunk, t, y_rows, x, y, w, z);
+      uvu_accumulate<SLOT, LT>(c, paths, pw, first, end, u, r.x, r.y, r.w, r.z, acc);
+    }
+  } else {
+    // ring[(slot * kMaxRun + k) * blockDim.x + threadIdx.x]: weight of the run's path k for one edge.
+    auto slot_of = [&](int t, int k) { return ring + ((t % kDepth) * kMaxRun + k) * blockDim.x + threadIdx.x; };
+    auto issue = [&](int t) {
+      if (t < count && chunk.edge[t] >= 0) {
+        const T* wrow = c.shared_w ? w : w + int64_t(chunk.edge[t]) * c.num_w;
+        for (int k = 0; k < run; ++k) {
+          const TpPath& p = paths[first + k];
+          if (p.off_w >= 0) __pipeline_memcpy_async(slot_of(t, k), wrow + p.off_w + u, sizeof(T));
+        }
+      }
+      __pipeline_commit();  // one group per edge, empty or not, so that wait_prior counts edges
+    };
+    for (int t = 0; t < kDepth - 1; ++t) issue(t);
+    for (int t = 0; t < count; ++t) {
+      issue(t + kDepth - 1);
+      __pipeline_wait_prior(kDepth - 1);  // edge t's weights have landed
+      if (chunk.edge[t] < 0) continue;
+      const EdgeRows<SLOT, T> r(c, chunk, t, y_rows, x, y, w, z);
+      for (int k = 0; k < run; ++k) {
+        const TpPath& p = paths[first + k];
+        if (!core::uvu_path_active<SLOT>(p, c.with_unweighted)) continue;
+        const T scale = p.off_w >= 0 ? pw[first + k] * *slot_of(t, k) : pw[first + k];
+        uvu_accumulate_path<SLOT, LT>(p, u, r.x, r.y, r.z, scale, acc);
+      }
+    }
+    __pipeline_wait_prior(0);  // nothing in flight into the ring when it is reused
   }
   store_block<DT>(acc, orow + uvu_target<SLOT>(paths[first]) + u * DT, add ? Store::kAdd : Store::kSet);
 }
@@ -338,7 +396,8 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_segment_kernel(TpCall c, cons
   T* pw = reinterpret_cast<T*>(smem_raw + align16(c.num_paths * sizeof(TpPath)));
   unsigned char* chunk_raw = smem_raw + uvu_table_bytes(c, sizeof(T));
   const SegmentChunk chunk{reinterpret_cast<int32_t*>(chunk_raw), reinterpret_cast<int32_t*>(chunk_raw) + kChunk};
-  T* sh_rows = reinterpret_cast<T*>(chunk_raw + align16(2 * kChunk * sizeof(int32_t)));
+  T* y_rows = reinterpret_cast<T*>(chunk_raw + align16(2 * kChunk * sizeof(int32_t)));
+  T* ring = reinterpret_cast<T*>(chunk_raw + segment_chunk_bytes<T>(c));
   for (int k = threadIdx.x; k < c.num_paths * core::kTpPathFields; k += blockDim.x)
     reinterpret_cast<int32_t*>(paths)[k] = reinterpret_cast<const int32_t*>(paths_g)[k];
   for (int k = threadIdx.x; k < c.num_paths; k += blockDim.x) pw[k] = pw_g[k];
@@ -350,7 +409,7 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_segment_kernel(TpCall c, cons
     T* orow = out + n * c.out_width();
     for (int64_t k0 = begin;; k0 += kChunk) {  // at least once: a node without edges stores zeros
       const int count = static_cast<int>(min(int64_t(kChunk), end - k0));
-      stage_chunk(c, n, k0, count, y, chunk, sh_rows);
+      stage_chunk(c, n, k0, count, y, chunk, y_rows);
       for (int32_t first = 0, last; first < c.num_paths; first = last) {
         const int32_t target = uvu_target<SLOT>(paths[first]);
         for (last = first + 1; last < c.num_paths && uvu_target<SLOT>(paths[last]) == target;) ++last;
@@ -358,7 +417,7 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_segment_kernel(TpCall c, cons
         const int lt = ((SLOT == TpSlot::kZ ? p.dim_out : p.dim1) - 1) / 2;
         for (int32_t u = threadIdx.x; u < p.mul1; u += blockDim.x) {
 #define JBM_SEGMENT_BLOCK(LT)                                                                                 \
-  uvu_segment_block<SLOT, LT>(c, paths, pw, first, last, u, chunk, count, sh_rows, x, y, w, z, orow, k0 > begin)
+  uvu_segment_block<SLOT, LT>(c, paths, pw, first, last, u, chunk, count, y_rows, x, y, w, z, ring, orow, k0 > begin)
           switch (lt) {
             case 0: JBM_SEGMENT_BLOCK(0); break;
             case 1: JBM_SEGMENT_BLOCK(1); break;
@@ -386,7 +445,7 @@ __global__ void __launch_bounds__(kThreads) tp_segment_kernel(TpCall c, const Tp
   TpPath* paths = reinterpret_cast<TpPath*>(smem_raw);
   unsigned char* chunk_raw = smem_raw + align16(c.num_paths * sizeof(TpPath));
   const SegmentChunk chunk{reinterpret_cast<int32_t*>(chunk_raw), reinterpret_cast<int32_t*>(chunk_raw) + kChunk};
-  T* sh_rows = reinterpret_cast<T*>(chunk_raw + align16(2 * kChunk * sizeof(int32_t)));
+  T* y_rows = reinterpret_cast<T*>(chunk_raw + align16(2 * kChunk * sizeof(int32_t)));
   for (int k = threadIdx.x; k < c.num_paths * core::kTpPathFields; k += blockDim.x)
     reinterpret_cast<int32_t*>(paths)[k] = reinterpret_cast<const int32_t*>(paths_g)[k];
   __syncthreads();
@@ -398,12 +457,12 @@ __global__ void __launch_bounds__(kThreads) tp_segment_kernel(TpCall c, const Tp
     T* orow = out + n * width;
     for (int64_t k0 = begin;; k0 += kChunk) {
       const int count = static_cast<int>(min(int64_t(kChunk), end - k0));
-      stage_chunk(c, n, k0, count, y, chunk, sh_rows);
+      stage_chunk(c, n, k0, count, y, chunk, y_rows);
       for (int64_t idx = threadIdx.x; idx < width; idx += blockDim.x) {
         T acc = T(0);
         for (int t = 0; t < count; ++t) {
           if (chunk.edge[t] < 0) continue;
-          const EdgeRows<SLOT, T> r(c, chunk, t, sh_rows, x, y, w, z);
+          const EdgeRows<SLOT, T> r(c, chunk, t, y_rows, x, y, w, z);
           for (int32_t pi = 0; pi < c.num_paths; ++pi) {
             const TpPath& p = paths[pi];
             const int64_t rel = idx - core::tp_target_offset<SLOT>(p);
@@ -470,9 +529,17 @@ template <TpSlot SLOT, typename T>
 cudaError_t launch_segmented(cudaStream_t stream, const TpCall& c, const TpPath* paths, const int32_t* cg_ijk,
                              const T* cg_c, const T* pw, const T* const ops[4], T* out) {
   const bool uvu = c.kernel == core::TpKernel::kUvu;
-  const size_t smem = segment_smem_bytes<T>(c, uvu ? uvu_table_bytes(c, sizeof(T)) : align16(c.num_paths * sizeof(TpPath)));
-  if (smem > 48 * 1024) return cudaErrorInvalidConfiguration;  // tables of a few hundred paths at most
+  const size_t smem =
+      segment_smem_bytes<T>(c, uvu ? uvu_table_bytes(c, sizeof(T)) : align16(c.num_paths * sizeof(TpPath)), uvu);
+  if (smem > smem_optin_limit()) return cudaErrorInvalidConfiguration;  // tables of thousands of paths
   cudaError_t err;
+  if (smem > 48 * 1024) {
+    err = uvu ? cudaFuncSetAttribute(tp_uvu_segment_kernel<SLOT, T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     static_cast<int>(smem))
+              : cudaFuncSetAttribute(tp_segment_kernel<SLOT, T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                                     static_cast<int>(smem));
+    if (err != cudaSuccess) return err;
+  }
   // The unrolled kernel stores only the blocks that paths write.
   if (uvu && (c.zero_fill >> static_cast<int>(SLOT)) & 1) {
     err = cudaMemsetAsync(out, 0, c.out_rows() * c.out_width() * sizeof(T), stream);
