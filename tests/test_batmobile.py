@@ -124,8 +124,17 @@ def test_fused_simple_matches_unfused(rng, channels):
     assert out.shape == (e,) + feats.shape[1:]
     y = _sh(v) if channels is None else np.repeat(_sh(v)[:, None], channels, 1)
     assert_close(out, bm.tensor_product_simple(feats[src], y), 1e-12)
-    # Gradients in the vectors (forces) and features, to second order.
-    check_grads(lambda v, f: jnp.sin(bm.fused_sh_tp_simple(v, f, src)), (v, feats), order=2, modes=("fwd", "rev"))
+    # Gradients in the vectors (forces) and features: first order by finite differences, second order
+    # (Hessian-vector products) against the same function built from e3nn-jax's SH.
+    ours = lambda v, f: jnp.sin(bm.fused_sh_tp_simple(v, f, src))  # noqa: E731
+    sh = lambda v: e3nn.spherical_harmonics("0e+1o+2e+3o", v, True, "component").array  # noqa: E731
+    theirs = lambda v, f: jnp.sin(bm.tensor_product_simple(  # noqa: E731
+        f[src], sh(v) if channels is None else jnp.repeat(sh(v)[:, None], channels, 1)))
+    check_grads(ours, (v, feats), order=1, modes=("fwd", "rev"))
+    g, tv, tf = rng.normal(size=out.shape), rng.normal(size=v.shape), rng.normal(size=feats.shape)
+    hvp = lambda fn: jax.jvp(jax.grad(lambda v, f: jnp.sum(g * fn(v, f)), argnums=(0, 1)), (v, feats), (tv, tf))[1]  # noqa: E731
+    for a, b in zip(hvp(ours), hvp(theirs)):
+        assert_close(a, b, 1e-11)
 
 
 @pytest.mark.parametrize("deterministic", [False, True])
