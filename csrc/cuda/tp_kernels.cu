@@ -16,8 +16,6 @@
 //   no zeroing pass.
 // With sh_lmax >= 0 the y rows are spherical harmonics of edge vectors, evaluated into shared memory
 // (core::tp_sh_row) and never written to device memory.
-#include <cuda_pipeline.h>
-
 #include <algorithm>
 #include <atomic>
 
@@ -275,11 +273,6 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_kernel(TpCall c, const TpPath
 constexpr int kChunk = 32;
 // y rows up to this width are staged in shared memory with the chunk (spherical harmonics always are).
 constexpr int kMaxStagedY = 32;
-// Weight prefetch of the unrolled segment kernel: while a thread works on edge t of a run of paths, the
-// weights of edges t+1 .. t+kDepth-1 are in flight (cp.async into a per-thread ring in shared memory).
-// The weights are the dominant byte stream, and a thread's edges are otherwise a chain of dependent
-// DRAM latencies. Runs of more than kMaxRun paths load their weights directly.
-constexpr int kDepth = 4, kMaxRun = 8;
 
 struct SegmentChunk {
   int32_t* edge;    // edge id, or -1 for an entry that is skipped (invalid, or not this node's)
@@ -288,14 +281,14 @@ struct SegmentChunk {
 
 __host__ __device__ inline bool stages_y(const TpCall& c) { return c.sh_lmax >= 0 || c.dim_y <= kMaxStagedY; }
 
-// Shared memory after the tables: chunk indices, staged y rows, (unrolled kernel) the weight ring.
+// Shared memory after the tables: chunk indices and staged y rows.
 template <typename T>
 __host__ __device__ inline size_t segment_chunk_bytes(const TpCall& c) {
   return align16(2 * kChunk * sizeof(int32_t)) + align16(stages_y(c) ? kChunk * size_t(c.dim_y) * sizeof(T) : 0);
 }
 template <typename T>
-__host__ __device__ inline size_t segment_smem_bytes(const TpCall& c, size_t table_bytes, bool ring) {
-  return table_bytes + segment_chunk_bytes<T>(c) + (ring ? size_t(kDepth) * kMaxRun * kThreads * sizeof(T) : 0);
+__host__ __device__ inline size_t segment_smem_bytes(const TpCall& c, size_t table_bytes) {
+  return table_bytes + segment_chunk_bytes<T>(c);
 }
 
 // Stages edges [k0, k0 + count) of node n's list; returns after the block has synced.
@@ -341,47 +334,42 @@ struct EdgeRows {
   }
 };
 
+// Paths outside, edges inside: the path's dispatch and table reads are paid once per chunk, and the edge
+// loop is straight-line code with compile-time CG whose loads (weights, gathered rows) are independent
+// from one edge to the next, so unrolling keeps several in flight.
 template <TpSlot SLOT, int LT, typename T>
 __device__ void uvu_segment_block(const TpCall& c, const TpPath* paths, const T* pw, int32_t first, int32_t end,
                                   int32_t u, SegmentChunk chunk, int count, const T* y_rows, const T* x,
-                                  const T* y, const T* w, const T* z, T* ring, T* orow, bool add) {
+                                  const T* y, const T* w, const T* z, T* orow, bool add) {
   constexpr int DT = 2 * LT + 1;
   T acc[DT];
   for (int k = 0; k < DT; ++k) acc[k] = T(0);
-  const int run = end - first;
-  if (run > kMaxRun) {
-    for (int t = 0; t < count; ++t) {
-      if (chunk.edge[t] < 0) continue;
-      const EdgeRows<SLOT, T> r(c, chunk, t, y_rows, x, y, w, z);
-      uvu_accumulate<SLOT, LT>(c, paths, pw, first, end, u, r.x, r.y, r.w, r.z, acc);
-    }
-  } else {
-    // ring[(slot * kMaxRun + k) * blockDim.x + threadIdx.x]: weight of the run's path k for one edge.
-    auto slot_of = [&](int t, int k) { return ring + ((t % kDepth) * kMaxRun + k) * blockDim.x + threadIdx.x; };
-    auto issue = [&](int t) {
-      if (t < count && chunk.edge[t] >= 0) {
-        const T* wrow = c.shared_w ? w : w + int64_t(chunk.edge[t]) * c.num_w;
-        for (int k = 0; k < run; ++k) {
-          const TpPath& p = paths[first + k];
-          if (p.off_w >= 0) __pipeline_memcpy_async(slot_of(t, k), wrow + p.off_w + u, sizeof(T));
+  const bool staged = stages_y(c);
+  const int64_t w_stride = c.shared_w ? 0 : c.num_w;
+  for (int32_t pi = first; pi < end; ++pi) {
+    const TpPath& p = paths[pi];
+    if (!core::uvu_path_active<SLOT>(p, c.with_unweighted)) continue;
+    const T path_weight = pw[pi];
+    const bool weighted = p.off_w >= 0;
+    core::uvu_dispatch(p, [&](auto l1, auto l2, auto lo) {
+      constexpr int L1 = decltype(l1)::value, L2 = decltype(l2)::value, LO = decltype(lo)::value;
+      if constexpr ((SLOT == TpSlot::kZ ? LO : L1) == LT) {
+        const int64_t src_off = SLOT == TpSlot::kZ ? p.off1 + u * (2 * L1 + 1) : p.off_out + u * (2 * LO + 1);
+        const int64_t src_stride = SLOT == TpSlot::kZ ? c.dim_x : c.dim_z;
+        const T* src_base = (SLOT == TpSlot::kZ ? x : z) + src_off;
+        const T* w_base = w + p.off_w + u;
+#pragma unroll 4
+        for (int t = 0; t < count; ++t) {
+          const int32_t e = chunk.edge[t];
+          if (e < 0) continue;
+          const T* src = src_base + chunk.source[t] * src_stride;
+          const T* yp = (staged ? y_rows + t * c.dim_y : y + int64_t(e) * c.dim_y) + p.off2;
+          const T scale = weighted ? path_weight * w_base[e * w_stride] : path_weight;
+          core::uvu_channel<L1, L2, LO, SLOT>(SLOT == TpSlot::kZ ? src : nullptr, yp,
+                                               SLOT == TpSlot::kX ? src : nullptr, scale, acc);
         }
       }
-      __pipeline_commit();  // one group per edge, empty or not, so that wait_prior counts edges
-    };
-    for (int t = 0; t < kDepth - 1; ++t) issue(t);
-    for (int t = 0; t < count; ++t) {
-      issue(t + kDepth - 1);
-      __pipeline_wait_prior(kDepth - 1);  // edge t's weights have landed
-      if (chunk.edge[t] < 0) continue;
-      const EdgeRows<SLOT, T> r(c, chunk, t, y_rows, x, y, w, z);
-      for (int k = 0; k < run; ++k) {
-        const TpPath& p = paths[first + k];
-        if (!core::uvu_path_active<SLOT>(p, c.with_unweighted)) continue;
-        const T scale = p.off_w >= 0 ? pw[first + k] * *slot_of(t, k) : pw[first + k];
-        uvu_accumulate_path<SLOT, LT>(p, u, r.x, r.y, r.z, scale, acc);
-      }
-    }
-    __pipeline_wait_prior(0);  // nothing in flight into the ring when it is reused
+    });
   }
   store_block<DT>(acc, orow + uvu_target<SLOT>(paths[first]) + u * DT, add ? Store::kAdd : Store::kSet);
 }
@@ -397,7 +385,6 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_segment_kernel(TpCall c, cons
   unsigned char* chunk_raw = smem_raw + uvu_table_bytes(c, sizeof(T));
   const SegmentChunk chunk{reinterpret_cast<int32_t*>(chunk_raw), reinterpret_cast<int32_t*>(chunk_raw) + kChunk};
   T* y_rows = reinterpret_cast<T*>(chunk_raw + align16(2 * kChunk * sizeof(int32_t)));
-  T* ring = reinterpret_cast<T*>(chunk_raw + segment_chunk_bytes<T>(c));
   for (int k = threadIdx.x; k < c.num_paths * core::kTpPathFields; k += blockDim.x)
     reinterpret_cast<int32_t*>(paths)[k] = reinterpret_cast<const int32_t*>(paths_g)[k];
   for (int k = threadIdx.x; k < c.num_paths; k += blockDim.x) pw[k] = pw_g[k];
@@ -417,7 +404,7 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_segment_kernel(TpCall c, cons
         const int lt = ((SLOT == TpSlot::kZ ? p.dim_out : p.dim1) - 1) / 2;
         for (int32_t u = threadIdx.x; u < p.mul1; u += blockDim.x) {
 #define JBM_SEGMENT_BLOCK(LT)                                                                                 \
-  uvu_segment_block<SLOT, LT>(c, paths, pw, first, last, u, chunk, count, y_rows, x, y, w, z, ring, orow, k0 > begin)
+  uvu_segment_block<SLOT, LT>(c, paths, pw, first, last, u, chunk, count, y_rows, x, y, w, z, orow, k0 > begin)
           switch (lt) {
             case 0: JBM_SEGMENT_BLOCK(0); break;
             case 1: JBM_SEGMENT_BLOCK(1); break;
@@ -530,7 +517,7 @@ cudaError_t launch_segmented(cudaStream_t stream, const TpCall& c, const TpPath*
                              const T* cg_c, const T* pw, const T* const ops[4], T* out) {
   const bool uvu = c.kernel == core::TpKernel::kUvu;
   const size_t smem =
-      segment_smem_bytes<T>(c, uvu ? uvu_table_bytes(c, sizeof(T)) : align16(c.num_paths * sizeof(TpPath)), uvu);
+      segment_smem_bytes<T>(c, uvu ? uvu_table_bytes(c, sizeof(T)) : align16(c.num_paths * sizeof(TpPath)));
   if (smem > smem_optin_limit()) return cudaErrorInvalidConfiguration;  // tables of thousands of paths
   cudaError_t err;
   if (smem > 48 * 1024) {
