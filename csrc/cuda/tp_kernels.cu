@@ -175,8 +175,9 @@ __device__ void uvu_block(const TpCall& c, const TpPath* paths, const T* pw, int
   store_block<DT>(acc, out + uvu_target<SLOT>(paths[first]) + u * DT, scatter ? Store::kAtomicAdd : Store::kSet);
 }
 
-// GRAPH: rows are edges (gathers and scatters); a separate instantiation keeps the plain product lean.
-template <TpSlot SLOT, typename T, bool GRAPH>
+// GRAPH: rows are edges (gathers and scatters); SH: y rows are spherical harmonics computed here. Separate
+// instantiations keep the plain product lean (the SH code alone cost it 20%: registers, occupancy).
+template <TpSlot SLOT, typename T, bool GRAPH, bool SH>
 __global__ void __launch_bounds__(kThreads) tp_uvu_kernel(TpCall c, const TpPath* __restrict__ paths_g,
                                                           const T* __restrict__ pw_g, const T* __restrict__ x,
                                                           const T* __restrict__ y, const T* __restrict__ w,
@@ -200,7 +201,7 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_kernel(TpCall c, const TpPath
     int64_t rx = r, rz = r;
     const bool valid = !GRAPH || c.edge_rows(r, &rx, &rz);  // uniform over the block
     const T* xr = x ? x + rx * c.dim_x : nullptr;
-    const T* yr = c.sh_lmax >= 0 ? stage_sh_row(c, y, r, valid, sh_row) : y ? y + r * c.dim_y : nullptr;
+    const T* yr = SH ? stage_sh_row(c, y, r, valid, sh_row) : y ? y + r * c.dim_y : nullptr;
     const T* wr = w ? (c.shared_w ? w : w + r * c.num_w) : nullptr;
     const T* zr = z ? z + rz * c.dim_z : nullptr;
     if (!valid && !(SLOT == TpSlot::kY || (SLOT == TpSlot::kW && !reduce))) continue;  // dropped edge
@@ -494,7 +495,11 @@ bool launch_uvu(cudaStream_t stream, const TpCall& c, const TpPath* paths, const
                 cudaError_t* err) {
   const size_t smem = uvu_smem_bytes(c, kThreads, sizeof(T));
   if (smem > smem_optin_limit()) return false;
-  auto kernel = c.nodes >= 0 ? tp_uvu_kernel<SLOT, T, true> : tp_uvu_kernel<SLOT, T, false>;
+  // (The y gradient never has computed y rows: no SH instantiation for it.)
+  constexpr bool kMaySh = SLOT != TpSlot::kY;
+  const bool sh = kMaySh && c.sh_lmax >= 0;
+  auto kernel = c.nodes >= 0 ? (sh ? tp_uvu_kernel<SLOT, T, true, kMaySh> : tp_uvu_kernel<SLOT, T, true, false>)
+                             : (sh ? tp_uvu_kernel<SLOT, T, false, kMaySh> : tp_uvu_kernel<SLOT, T, false, false>);
   if (smem > 48 * 1024) {
     *err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (*err != cudaSuccess) return true;
