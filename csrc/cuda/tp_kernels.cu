@@ -34,6 +34,15 @@ constexpr size_t kSmemBudget = 40 * 1024;
 
 __host__ __device__ constexpr size_t align16(size_t bytes) { return (bytes + 15) / 16 * 16; }
 
+// The block's copy of the path table and (if pw_g) the path weights, in shared memory; the caller syncs.
+template <typename T>
+__device__ void stage_tables(const TpCall& c, const TpPath* paths_g, const T* pw_g, TpPath* paths, T* pw) {
+  for (int k = threadIdx.x; k < c.num_paths * core::kTpPathFields; k += blockDim.x)
+    reinterpret_cast<int32_t*>(paths)[k] = reinterpret_cast<const int32_t*>(paths_g)[k];
+  if (pw_g)
+    for (int k = threadIdx.x; k < c.num_paths; k += blockDim.x) pw[k] = pw_g[k];
+}
+
 // Spherical harmonics of edge vector r (y computed in the kernel): thread 0 evaluates them into shared
 // memory; the first sync lets the block finish reading the previous row's values. Block-uniform call.
 template <typename T>
@@ -56,8 +65,7 @@ __global__ void __launch_bounds__(kThreads) tp_kernel(TpCall c, const TpPath* __
   TpPath* paths = reinterpret_cast<TpPath*>(smem_raw);
   T* acc = reinterpret_cast<T*>(smem_raw + align16(c.num_paths * sizeof(TpPath)));
   T* sh_row = acc + (SMEM ? align16(c.out_width() * sizeof(T)) / sizeof(T) : 0);
-  for (int k = threadIdx.x; k < c.num_paths * core::kTpPathFields; k += blockDim.x)
-    reinterpret_cast<int32_t*>(paths)[k] = reinterpret_cast<const int32_t*>(paths_g)[k];
+  stage_tables(c, paths_g, static_cast<const T*>(nullptr), paths, static_cast<T*>(nullptr));
 
   const int64_t width = c.out_width();
   const bool reduce = c.reduces_rows();
@@ -125,6 +133,26 @@ __host__ __device__ inline size_t uvu_smem_bytes(const TpCall& c, int threads, s
 template <TpSlot SLOT>
 __device__ int32_t uvu_target(const TpPath& p) { return SLOT == TpSlot::kZ ? p.off_out : p.off1; }
 
+// Slots z and x: calls f(first, end, u, IntC<LT>) for every run [first, end) of consecutive paths
+// writing one irrep block (of degree LT; Python groups them) and each of this thread's channels u.
+template <TpSlot SLOT, typename F>
+__device__ void for_each_block_run(const TpCall& c, const TpPath* paths, F&& f) {
+  for (int32_t first = 0, end; first < c.num_paths; first = end) {
+    const int32_t target = uvu_target<SLOT>(paths[first]);
+    for (end = first + 1; end < c.num_paths && uvu_target<SLOT>(paths[end]) == target;) ++end;
+    const TpPath& p = paths[first];
+    const int lt = ((SLOT == TpSlot::kZ ? p.dim_out : p.dim1) - 1) / 2;
+    for (int32_t u = threadIdx.x; u < p.mul1; u += blockDim.x) {
+      switch (lt) {
+        case 0: f(first, end, u, core::IntC<0>{}); break;
+        case 1: f(first, end, u, core::IntC<1>{}); break;
+        case 2: f(first, end, u, core::IntC<2>{}); break;
+        default: f(first, end, u, core::IntC<3>{}); break;
+      }
+    }
+  }
+}
+
 // Slots z and x: adds to acc (out[u, :] of one irrep block) the contributions of the run of paths
 // [first, end) writing it (Python groups the paths by that block), for one row's operands x, y, w, z.
 // One path of such a run, its scale (pw · w[u], or pw for a path without weights) already known.
@@ -187,9 +215,7 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_kernel(TpCall c, const TpPath
   T* pw = reinterpret_cast<T*>(smem_raw + align16(c.num_paths * sizeof(TpPath)));
   T* scratch = reinterpret_cast<T*>(smem_raw + uvu_table_bytes(c, sizeof(T)));
   T* sh_row = reinterpret_cast<T*>(smem_raw + uvu_smem_bytes(c, blockDim.x, sizeof(T), false));
-  for (int k = threadIdx.x; k < c.num_paths * core::kTpPathFields; k += blockDim.x)
-    reinterpret_cast<int32_t*>(paths)[k] = reinterpret_cast<const int32_t*>(paths_g)[k];
-  for (int k = threadIdx.x; k < c.num_paths; k += blockDim.x) pw[k] = pw_g[k];
+  stage_tables(c, paths_g, pw_g, paths, pw);
   const bool reduce = c.reduces_rows();
   if (reduce)
     for (int64_t k = threadIdx.x; k < c.num_w; k += blockDim.x) scratch[k] = T(0);
@@ -207,20 +233,9 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_kernel(TpCall c, const TpPath
     if (!valid && !(SLOT == TpSlot::kY || (SLOT == TpSlot::kW && !reduce))) continue;  // dropped edge
     if constexpr (SLOT == TpSlot::kZ || SLOT == TpSlot::kX) {
       T* orow = out + (GRAPH ? c.out_row(r, rx, rz) : r) * c.out_width();
-      for (int32_t first = 0, end; first < c.num_paths; first = end) {
-        const int32_t target = uvu_target<SLOT>(paths[first]);
-        for (end = first + 1; end < c.num_paths && uvu_target<SLOT>(paths[end]) == target;) ++end;
-        const TpPath& p = paths[first];
-        const int lt = ((SLOT == TpSlot::kZ ? p.dim_out : p.dim1) - 1) / 2;
-        for (int32_t u = threadIdx.x; u < p.mul1; u += blockDim.x) {
-          switch (lt) {
-            case 0: uvu_block<SLOT, 0>(c, paths, pw, first, end, u, xr, yr, wr, zr, orow, scatter); break;
-            case 1: uvu_block<SLOT, 1>(c, paths, pw, first, end, u, xr, yr, wr, zr, orow, scatter); break;
-            case 2: uvu_block<SLOT, 2>(c, paths, pw, first, end, u, xr, yr, wr, zr, orow, scatter); break;
-            default: uvu_block<SLOT, 3>(c, paths, pw, first, end, u, xr, yr, wr, zr, orow, scatter); break;
-          }
-        }
-      }
+      for_each_block_run<SLOT>(c, paths, [&](int32_t first, int32_t end, int32_t u, auto lt) {
+        uvu_block<SLOT, decltype(lt)::value>(c, paths, pw, first, end, u, xr, yr, wr, zr, orow, scatter);
+      });
     } else {
       // Slot y: partial rows per thread; slot w: the row of the output (or the block's shared sum).
       T* dst = SLOT == TpSlot::kY ? scratch + threadIdx.x * stride : reduce ? scratch : out + r * c.num_w;
@@ -386,9 +401,7 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_segment_kernel(TpCall c, cons
   unsigned char* chunk_raw = smem_raw + uvu_table_bytes(c, sizeof(T));
   const SegmentChunk chunk{reinterpret_cast<int32_t*>(chunk_raw), reinterpret_cast<int32_t*>(chunk_raw) + kChunk};
   T* y_rows = reinterpret_cast<T*>(chunk_raw + align16(2 * kChunk * sizeof(int32_t)));
-  for (int k = threadIdx.x; k < c.num_paths * core::kTpPathFields; k += blockDim.x)
-    reinterpret_cast<int32_t*>(paths)[k] = reinterpret_cast<const int32_t*>(paths_g)[k];
-  for (int k = threadIdx.x; k < c.num_paths; k += blockDim.x) pw[k] = pw_g[k];
+  stage_tables(c, paths_g, pw_g, paths, pw);
   __syncthreads();
 
   for (int64_t n = blockIdx.x; n < c.nodes; n += gridDim.x) {
@@ -398,23 +411,10 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_segment_kernel(TpCall c, cons
     for (int64_t k0 = begin;; k0 += kChunk) {  // at least once: a node without edges stores zeros
       const int count = static_cast<int>(min(int64_t(kChunk), end - k0));
       stage_chunk(c, n, k0, count, y, chunk, y_rows);
-      for (int32_t first = 0, last; first < c.num_paths; first = last) {
-        const int32_t target = uvu_target<SLOT>(paths[first]);
-        for (last = first + 1; last < c.num_paths && uvu_target<SLOT>(paths[last]) == target;) ++last;
-        const TpPath& p = paths[first];
-        const int lt = ((SLOT == TpSlot::kZ ? p.dim_out : p.dim1) - 1) / 2;
-        for (int32_t u = threadIdx.x; u < p.mul1; u += blockDim.x) {
-#define JBM_SEGMENT_BLOCK(LT)                                                                                 \
-  uvu_segment_block<SLOT, LT>(c, paths, pw, first, last, u, chunk, count, y_rows, x, y, w, z, orow, k0 > begin)
-          switch (lt) {
-            case 0: JBM_SEGMENT_BLOCK(0); break;
-            case 1: JBM_SEGMENT_BLOCK(1); break;
-            case 2: JBM_SEGMENT_BLOCK(2); break;
-            default: JBM_SEGMENT_BLOCK(3); break;
-          }
-#undef JBM_SEGMENT_BLOCK
-        }
-      }
+      for_each_block_run<SLOT>(c, paths, [&](int32_t first, int32_t last, int32_t u, auto lt) {
+        uvu_segment_block<SLOT, decltype(lt)::value>(c, paths, pw, first, last, u, chunk, count, y_rows, x, y, w, z,
+                                                     orow, k0 > begin);
+      });
       __syncthreads();  // the chunk's staging is reused
       if (k0 + kChunk >= end) break;
     }
@@ -434,8 +434,7 @@ __global__ void __launch_bounds__(kThreads) tp_segment_kernel(TpCall c, const Tp
   unsigned char* chunk_raw = smem_raw + align16(c.num_paths * sizeof(TpPath));
   const SegmentChunk chunk{reinterpret_cast<int32_t*>(chunk_raw), reinterpret_cast<int32_t*>(chunk_raw) + kChunk};
   T* y_rows = reinterpret_cast<T*>(chunk_raw + align16(2 * kChunk * sizeof(int32_t)));
-  for (int k = threadIdx.x; k < c.num_paths * core::kTpPathFields; k += blockDim.x)
-    reinterpret_cast<int32_t*>(paths)[k] = reinterpret_cast<const int32_t*>(paths_g)[k];
+  stage_tables(c, paths_g, static_cast<const T*>(nullptr), paths, static_cast<T*>(nullptr));
   __syncthreads();
 
   const int64_t width = c.out_width();
