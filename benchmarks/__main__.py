@@ -11,13 +11,13 @@ import pathlib
 
 import jax
 
-from . import common, conv, sh, tp
+from . import common, conv, nequix, sh, tp
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cpu", action="store_true", help="small sizes on the CPU")
-    ap.add_argument("--only", default="sh,tp,conv", help="comma-separated workload families")
+    ap.add_argument("--only", default="sh,tp,conv,nequix", help="comma-separated workload families")
     ap.add_argument("--out", default=None, help="folder for results.jsonl and results.md")
     ap.add_argument("--fp64", action="store_true", help="also time float64")
     ap.add_argument("--problems", default=None,
@@ -49,6 +49,9 @@ def main() -> None:
             conv.run(report, num_nodes=5_000, num_edges=150_000)
         else:
             conv.run(report, num_nodes=200, num_edges=2_000, scale=16)
+
+    if "nequix" in families:
+        nequix.run(report, small=not on_gpu)
 
     md = report.markdown()
     if args.out:

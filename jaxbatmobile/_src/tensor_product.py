@@ -25,6 +25,7 @@ from typing import Sequence
 
 import e3nn_jax as e3nn
 import e3nn_jax.legacy
+from e3nn_jax.legacy import FunctionalTensorProduct as _E3nnFunctionalTensorProduct  # bound at import: see e3nn.py
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -67,6 +68,8 @@ class TensorProduct:
             :func:`channelwise_instructions` for the usual uvu list.
         irrep_normalization, path_normalization, gradient_normalization: as in e3nn-jax
             (defaults from ``e3nn_jax.config``).
+        in1_var, in2_var, out_var: per-irrep variances, as in ``e3nn_jax.legacy.FunctionalTensorProduct``
+            (default 1).
 
     Call ``tp(x, y, weights)`` with ``x [..., irreps_in1.dim]``, ``y [..., irreps_in2.dim]`` and weights
     either shared ``[weight_numel]`` or one row per batch row ``[..., weight_numel]``, laid out as
@@ -75,15 +78,15 @@ class TensorProduct:
 
     def __init__(self, irreps_in1, irreps_in2, irreps_out, instructions: Sequence[tuple], *,
                  irrep_normalization: str | None = None, path_normalization=None,
-                 gradient_normalization=None):
+                 gradient_normalization=None, in1_var=None, in2_var=None, out_var=None):
         self.irreps_in1 = e3nn.Irreps(irreps_in1)
         self.irreps_in2 = e3nn.Irreps(irreps_in2)
         self.irreps_out = e3nn.Irreps(irreps_out)
         instructions = [tuple(ins) for ins in instructions]
         _check_instructions(self.irreps_in1, self.irreps_in2, self.irreps_out, instructions)
-        self.e3nn = e3nn.legacy.FunctionalTensorProduct(
+        self.e3nn = _E3nnFunctionalTensorProduct(
             self.irreps_in1, self.irreps_in2, self.irreps_out, instructions,
-            irrep_normalization=irrep_normalization, path_normalization=path_normalization,
+            in1_var=in1_var, in2_var=in2_var, out_var=out_var, irrep_normalization=irrep_normalization, path_normalization=path_normalization,
             gradient_normalization=gradient_normalization)
         self.instructions = self.e3nn.instructions
         self.weight_numel = sum(int(np.prod(i.path_shape)) for i in self.instructions if i.has_weight)

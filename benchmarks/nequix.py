@@ -1,0 +1,84 @@
+"""A real model: Nequix (PyPI ``nequix``, NequIP on e3nn-jax) on its own e3nn-jax code vs on our kernels.
+
+Workloads on a periodic fcc Cu cell (rattled, so the forces are not zero), Nequix's default size
+(hidden 128x0e+128x1o+128x2e+128x3o, l_max 3, 5 layers, cutoff 5 Å) unless ``small``:
+
+* MD step: energy, forces and stress (what an MD engine calls once per step);
+* training step: loss on energies and forces (jaxbatmobile.examples.train.make_loss) and its gradient
+  with respect to every parameter (grad of forces: second derivatives of the convolutions).
+
+Our rows must agree with Nequix's e3nn-jax path (checked before timing). Nequix sets jax's default
+matmul precision to "highest" when imported, so both paths run their matmuls in true fp32.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .common import Report, run_case
+
+
+def _inputs(repeat: int, cutoff: float, sets: int = 3):
+    import ase.build
+    from ase.calculators.emt import EMT
+
+    from jaxbatmobile.examples import data
+
+    rng = np.random.default_rng(0)
+    graphs = []
+    for _ in range(sets):
+        atoms = ase.build.bulk("Cu", "fcc", a=3.61, cubic=True).repeat(repeat)
+        atoms.positions += 0.05 * rng.normal(size=atoms.positions.shape)
+        atoms.calc = EMT()
+        atoms.info["energy"] = atoms.get_potential_energy()
+        atoms.arrays["forces"] = atoms.get_forces()
+        graphs.append(data.graph(atoms, cutoff, {29: 0}))
+    n_node, n_edge, n_graph = data.padded_sizes(graphs, 1)
+    n_edge = int(n_edge * 1.02) + 64  # room for the other rattles' neighbour counts
+    return [data.batch([g], n_node, n_edge, n_graph) for g in graphs], len(graphs[0].nodes["species"]), n_edge
+
+
+def run(report: Report, *, small: bool = False) -> None:
+    try:
+        import equinox as eqx
+        import jax
+        from nequix.model import Nequix
+
+        from jaxbatmobile.examples.nequix import to_jaxbatmobile
+        from jaxbatmobile.examples.train import make_loss
+    except ImportError as e:
+        print(f"# nequix benchmark skipped: {e}")
+        return
+    hidden = "16x0e+16x1o+16x2e+16x3o" if small else "128x0e+128x1o+128x2e+128x3o"
+    layers, cutoff = (2, 4.0) if small else (5, 5.0)
+    batches, n_atoms, n_edges = _inputs(2 if small else 6, cutoff)
+    model = Nequix(jax.random.key(0), n_species=1, lmax=3, cutoff=cutoff, hidden_irreps=hidden, n_layers=layers,
+                   avg_n_neighbors=n_edges / n_atoms)
+    name = f"Nequix {'small' if small else 'default'} ({layers} layers, {hidden.split('x')[0]} ch), Cu {n_atoms} atoms / {n_edges} edges"
+    loss_fn = make_loss(force_weight=10.0)
+    variants = [("e3nn-jax", model), ("jaxbatmobile", to_jaxbatmobile(model)),
+                ("jaxbatmobile det", to_jaxbatmobile(model, deterministic=True))]
+    static_of = {}  # label → its parameters (same leaves; the pytree types differ)
+    fns = {}
+    for label, m in variants:
+        params, static = eqx.partition(m, eqx.is_inexact_array)
+        static_of[label] = params
+
+        def md(params, g, static=static):
+            return eqx.combine(params, static)(g)
+
+        def train_step(params, g, static=static):
+            return jax.value_and_grad(lambda p: loss_fn(eqx.combine(p, static), g)[0])(params)
+
+        fns[label] = (jax.jit(md), jax.jit(train_step))
+    for k, (workload, tol) in enumerate(((f"{name}: MD step (E, F, stress)", 1e-4),
+                                          (f"{name}: training step (E+F loss, grad)", 1e-4))):
+        reference = None
+        for label, _ in variants:
+            fn = fns[label][k]
+            params = static_of[label]
+            sets = [(params, g) for g in batches]
+            run_case(report, workload=workload, library=label, dtype="float32", fn=fn, input_sets=sets,
+                     reference=reference, tol=tol, inner=5, repeats=10)
+            if reference is None:  # the others are checked against Nequix's own e3nn-jax path
+                reference = (lambda _, g, ref=fns["e3nn-jax"][k], p=static_of["e3nn-jax"]: ref(p, g))
