@@ -57,8 +57,18 @@ def run(report: Report, *, small: bool = False) -> None:
     model = Nequix(jax.random.key(0), n_species=1, lmax=3, cutoff=cutoff, hidden_irreps=hidden, n_layers=layers,
                    avg_n_neighbors=inputs[0][2] / inputs[0][1])
     loss_fn = make_loss(force_weight=10.0)
+    # fp32 parameters: with x64 on (the benchmark suite enables it), Nequix would initialise in fp64
+    as_f32 = (lambda m: jax.tree.map(lambda a: a.astype("float32") if eqx.is_inexact_array(a) else a, m))
+    model = as_f32(model)
     variants = [("e3nn-jax", model), ("jaxbatmobile", to_jaxbatmobile(model)),
                 ("jaxbatmobile det", to_jaxbatmobile(model, deterministic=True))]
+    if not small:
+        try:  # Nequix's own OpenEquivariance path (kernel=True): same key, so the same parameters
+            variants.append(("OEQ (Nequix kernel=True)", as_f32(Nequix(
+                jax.random.key(0), n_species=1, lmax=3, cutoff=cutoff, hidden_irreps=hidden, n_layers=layers,
+                avg_n_neighbors=inputs[0][2] / inputs[0][1], kernel=True))))
+        except Exception as e:  # ImportError, or OEQ failing to build its kernels
+            print(f"# Nequix OpenEquivariance path skipped: {type(e).__name__}: {str(e).splitlines()[0][:150]}")
     static_of = {}  # label → its parameters (same leaves; the pytree types differ)
     fns = {}
     for label, m in variants:
