@@ -69,11 +69,11 @@ def run(report: Report, *, small: bool = False) -> None:
                 avg_n_neighbors=inputs[0][2] / inputs[0][1], kernel=True))))
         except Exception as e:  # ImportError, or OEQ failing to build its kernels
             print(f"# Nequix OpenEquivariance path skipped: {type(e).__name__}: {str(e).splitlines()[0][:150]}")
-    static_of = {}  # label → its parameters (same leaves; the pytree types differ)
+    params_of = {}  # label → its parameters (same leaves; the pytree types differ)
     fns = {}
     for label, m in variants:
         params, static = eqx.partition(m, eqx.is_inexact_array)
-        static_of[label] = params
+        params_of[label] = params
 
         def md(params, g, static=static):
             return eqx.combine(params, static)(g)
@@ -90,9 +90,9 @@ def run(report: Report, *, small: bool = False) -> None:
         reference = None
         for label, _ in variants:
             fn = fns[label][k]
-            params = static_of[label]
+            params = params_of[label]
             sets = [(params, g) for g in batches]
             run_case(report, workload=workload, library=label, dtype="float32", fn=fn, input_sets=sets,
                      reference=reference, tol=tol, inner=5, repeats=10)
             if reference is None:  # the others are checked against Nequix's own e3nn-jax path
-                reference = (lambda _, g, ref=fns["e3nn-jax"][k], p=static_of["e3nn-jax"]: ref(p, g))
+                reference = (lambda _, g, ref=fns["e3nn-jax"][k], p=params_of["e3nn-jax"]: ref(p, g))

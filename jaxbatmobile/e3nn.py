@@ -170,8 +170,9 @@ def _plan(irreps1, irreps2, filter_ir_out, irrep_normalization, regroup_output, 
                 if filter_ir_out is None or ir_out in filter_ir_out:
                     entries.append((mul1, mul2, ir_out, i1, i2, not (zero1[i1] or zero2[i2])))
     irreps_unsorted = e3nn_jax.Irreps([(m1 * m2, ir) for m1, m2, ir, *_ in entries])
-    order = irreps_unsorted.sort().inv  # sorted entry k is unsorted entry order[k]
-    irreps_out = irreps_unsorted.sort().irreps
+    sort = irreps_unsorted.sort()
+    order = sort.inv  # sorted entry k is unsorted entry order[k]
+    irreps_out = sort.irreps
     if regroup_output:
         irreps_out = irreps_out.regroup()
 
@@ -257,8 +258,7 @@ def tensor_product(input1, input2, *, filter_ir_out=None, irrep_normalization: s
     if plan.tp is None:
         out = jnp.zeros(leading + (plan.irreps_out.dim,), dtype)
     else:
-        out = plan.tp(x1.array, x2.array, jnp.zeros((0,), dtype), shared_weights=True)
-        out = jnp.broadcast_to(out, leading + out.shape[-1:])
+        out = plan.tp(x1.array, x2.array, jnp.zeros((0,), dtype), shared_weights=True)  # broadcasts x1, x2
     if plan.out_perm is not None:
         out = out[..., plan.out_perm]
     if not any(x1.zero_flags) and not any(x2.zero_flags):
@@ -344,10 +344,10 @@ class FunctionalTensorProduct(e3nn_jax.legacy.FunctionalTensorProduct):
 # ---- fused message passing ------------------------------------------------------------------------
 
 def _message_plan(op, node_feats, edge_irreps, edge_weights, filter_ir_out, irrep_normalization, regroup_output):
+    """``edge_irreps``: already regrouped when ``regroup_output`` (the caller regroups its array)."""
     x = e3nn_jax.as_irreps_array(node_feats)
     if regroup_output:
         x = x.regroup()
-        edge_irreps = edge_irreps.regroup()
     if x.ndim != 2:
         raise ValueError(f"{op}: `node_feats` must have shape [num_nodes, {x.irreps.dim}], got {tuple(x.shape)}")
     no_zeros = (False,)
@@ -400,10 +400,10 @@ def message_passing(node_feats, edge_attrs, edge_weights, senders, receivers, *,
     storing per-edge messages; differentiable to any order (forces, force training).
     """
     y = e3nn_jax.as_irreps_array(edge_attrs)
-    x, plan = _message_plan("message_passing", node_feats, y.irreps, edge_weights, filter_ir_out,
-                            irrep_normalization, regroup_output)
     if regroup_output:
         y = y.regroup()
+    x, plan = _message_plan("message_passing", node_feats, y.irreps, edge_weights, filter_ir_out,
+                            irrep_normalization, regroup_output)
     dtype = _float_dtype(x, y, *([] if edge_weights is None else [jnp.asarray(edge_weights)]))
     num_nodes = x.shape[0] if num_nodes is None else num_nodes
     w = _weights("message_passing", plan, edge_weights, y.shape[0], dtype)

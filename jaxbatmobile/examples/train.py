@@ -142,13 +142,11 @@ def main(argv=None):
     sizes = data.padded_sizes(graphs, args.batch)
     rng = np.random.default_rng(args.seed)
     train_graphs, test_graphs = graphs[:-n_test], graphs[-n_test:]
-    batches = []
-    while len(batches) * args.batch < args.steps * args.batch:
+    batches = []  # whole shuffled epochs, up to 64 batches; training cycles through them
+    while len(batches) < min(args.steps, 64):
         order = rng.permutation(len(train_graphs))
         batches += [data.batch([train_graphs[k] for k in order[i:i + args.batch]], *sizes)
                     for i in range(0, len(order) - args.batch + 1, args.batch)]
-        if len(batches) >= min(args.steps, 64):
-            break  # reuse batches cyclically beyond this
     test_batches = [data.batch(test_graphs[i:i + args.batch], *sizes) for i in range(0, len(test_graphs), args.batch)]
     atom_energies = fit_atom_energies(train_set, table)
     forces = np.concatenate([a.arrays["forces"] for a in train_set])
