@@ -1,4 +1,5 @@
-"""One deterministic and one atomic conv forward (MACE-medium, N=5k, E=150k) for ncu/nsys profiling."""
+"""Conv calls (MACE-medium, N=5k, E=150k, fp32) for nsys/ncu: forward, and the gradient in x, y, w,
+deterministic and atomic. E.g. nsys profile --stats=true python3 tools/profile_conv.py"""
 import sys
 
 import jax
@@ -17,7 +18,11 @@ x = jnp.asarray(rng.normal(size=(n, tp.irreps_in1.dim)), jnp.float32)
 y = jnp.asarray(rng.normal(size=(e, 16)), jnp.float32)
 w = jnp.asarray(rng.normal(size=(e, tp.weight_numel)), jnp.float32)
 for det in (True, False):
-    f = jax.jit(lambda x, y, w: jb.conv(tp, x, y, w, s, r, num_nodes=n, deterministic=det))
+    def conv(x, y, w, det=det):
+        return jb.conv(tp, x, y, w, s, r, num_nodes=n, deterministic=det)
+    fwd = jax.jit(conv)
+    bwd = jax.jit(jax.grad(lambda x, y, w: jnp.sum(conv(x, y, w) ** 2), argnums=(0, 1, 2)))
     for _ in range(3):
-        f(x, y, w).block_until_ready()
+        jax.block_until_ready(fwd(x, y, w))
+        jax.block_until_ready(bwd(x, y, w))
 print("ok", file=sys.stderr)

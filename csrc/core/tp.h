@@ -160,6 +160,9 @@ struct TpCall {
   int32_t sh_lmax;
   bool sh_normalize;
   ShNormalization sh_normalization;
+  // Channelwise kernel: elements of one row's y-contracted CG blocks, all paths
+  // (sum of uvu_contracted_stride(dim1, dim_out), csrc/core/tp_uvu.h); sizes the GPU's shared memory.
+  int32_t yc_width;
   JBM_HD bool segmented() const { return seg_offsets != nullptr && scatters(); }
   JBM_HD int64_t y_width() const { return sh_lmax >= 0 ? 3 : dim_y; }
   JBM_HD bool scatters() const { return nodes >= 0 && (slot == TpSlot::kX || slot == TpSlot::kZ); }

@@ -45,6 +45,87 @@ JBM_HD T uvu_channel(const T* xu, const T* yp, const T* zu, T scale, T* dst) {
   }
 }
 
+// ---- y contracted once per row and path ---------------------------------------------------------
+// With y a single channel, the CG block and y can be contracted once per row (edge) and path and the
+// result shared by every channel:
+//     M[i, k] = pw * sum_j C[i, j, k] y[j]                      (D1 x DO, row-major)
+//     slot z: z[u, k] += w[u] * sum_i x[u, i] M[i, k]
+//     slot x: x[u, i] += w[u] * sum_k M[i, k] z[u, k]
+//     slot w: w[u]    += sum_{i, k} x[u, i] M[i, k] z[u, k]
+// Per channel that is D1 * DO multiply-adds, against two per CG entry plus the y loads in uvu_channel
+// (the convolution's hot loop, csrc/cuda/tp_kernels.cu; also the CPU loop, csrc/cpu/tp_cpu.h).
+
+// Elements of one path's contracted block in a row of blocks: D1 * DO rounded up to 4, so that every
+// block starts 16-byte aligned (vector loads) for float and double.
+JBM_HD constexpr int32_t uvu_contracted_stride(int32_t dim1, int32_t dim_out) { return (dim1 * dim_out + 3) / 4 * 4; }
+inline constexpr int kUvuMaxContracted = (2 * kCgMaxL + 1) * (2 * kCgMaxL + 1);
+
+template <int L1, int L2, int LO, typename T>
+JBM_HD void uvu_contract_y(const T* yp, T pw, T* m) {
+  constexpr int D2 = 2 * L2 + 1, DM = (2 * L1 + 1) * (2 * LO + 1), DO = 2 * LO + 1;
+  T yr[D2], mr[DM];
+  for (int j = 0; j < D2; ++j) yr[j] = yp[j];
+  for (int q = 0; q < DM; ++q) mr[q] = T(0);
+  CgBlock<L1, L2, LO>::for_each([&](int i, int j, int k, double c) { mr[i * DO + k] += T(c) * yr[j]; });
+  for (int q = 0; q < DM; ++q) m[q] = pw * mr[q];
+}
+
+// One channel through a contracted block m: xu = x[u, :] (slots z, w), zu = z[u, :] (slots x, w);
+// slots z and x add scale times their result to acc, slot w returns it (scale ignored).
+template <int L1, int LO, TpSlot SLOT, typename T>
+JBM_HD T uvu_channel_contracted(const T* xu, const T* zu, const T* m, T scale, T* acc) {
+  constexpr int D1 = 2 * L1 + 1, DO = 2 * LO + 1;
+  if constexpr (SLOT == TpSlot::kZ) {
+    // Scale the shorter side: D1 * DO + min(D1, DO) multiplies.
+    if constexpr (D1 <= DO) {
+      T xs[D1];
+      for (int i = 0; i < D1; ++i) xs[i] = scale * xu[i];
+      for (int i = 0; i < D1; ++i)
+        for (int k = 0; k < DO; ++k) acc[k] += xs[i] * m[i * DO + k];
+    } else {
+      T s[DO];
+      for (int k = 0; k < DO; ++k) s[k] = T(0);
+      for (int i = 0; i < D1; ++i)
+        for (int k = 0; k < DO; ++k) s[k] += xu[i] * m[i * DO + k];
+      for (int k = 0; k < DO; ++k) acc[k] += scale * s[k];
+    }
+  } else if constexpr (SLOT == TpSlot::kX) {
+    if constexpr (DO <= D1) {
+      T zs[DO];
+      for (int k = 0; k < DO; ++k) zs[k] = scale * zu[k];
+      for (int i = 0; i < D1; ++i)
+        for (int k = 0; k < DO; ++k) acc[i] += m[i * DO + k] * zs[k];
+    } else {
+      for (int i = 0; i < D1; ++i) {
+        T s = T(0);
+        for (int k = 0; k < DO; ++k) s += m[i * DO + k] * zu[k];
+        acc[i] += scale * s;
+      }
+    }
+  } else if constexpr (SLOT == TpSlot::kW) {
+    T s = T(0);
+    for (int i = 0; i < D1; ++i) {
+      T t = T(0);
+      for (int k = 0; k < DO; ++k) t += m[i * DO + k] * zu[k];
+      s += xu[i] * t;
+    }
+    return s;
+  }
+  return T(0);
+}
+
+// Runs `body(IntC<L>)` for a degree 0 <= l <= kCgMaxL (the largest one for anything above).
+template <typename F>
+JBM_HD void degree_dispatch(int l, F&& body) {
+  static_assert(kCgMaxL == 3, "degree_dispatch lists the degrees 0..3");
+  switch (l) {
+    case 0: body(IntC<0>{}); break;
+    case 1: body(IntC<1>{}); break;
+    case 2: body(IntC<2>{}); break;
+    default: body(IntC<3>{}); break;
+  }
+}
+
 // Runs `body(IntC<L1>, IntC<L2>, IntC<LO>)` for path `p`; false if its degrees have no generated block.
 template <typename F>
 JBM_HD bool uvu_dispatch(const TpPath& p, F&& body) {

@@ -21,15 +21,35 @@ void tp_row_generic(const core::TpCall& c, const core::TpPath* paths, const int3
   }
 }
 
+// Slots z, x, w contract y with each path's CG block once per row, then run the channels through it
+// (core::uvu_contract_y, as the GPU's convolution kernel does); slot y sums over channels per CG entry.
 template <core::TpSlot SLOT, typename T>
 void tp_row_uvu(const core::TpCall& c, const core::TpPath* paths, const T* pw, const T* const row[4], T* acc) {
+  using core::TpSlot;
   for (int32_t pi = 0; pi < c.num_paths; ++pi) {
     const core::TpPath& p = paths[pi];
     if (!core::uvu_path_active<SLOT>(p, c.with_unweighted)) continue;
     core::uvu_dispatch(p, [&](auto l1, auto l2, auto lo) {
-      for (int32_t u = 0; u < p.mul1; ++u)
-        core::uvu_apply<SLOT, decltype(l1)::value, decltype(l2)::value, decltype(lo)::value>(
-            p, u, pw[pi], row[0], row[1], row[2], row[3], acc);
+      constexpr int L1 = decltype(l1)::value, L2 = decltype(l2)::value, LO = decltype(lo)::value;
+      if constexpr (SLOT == TpSlot::kY) {
+        for (int32_t u = 0; u < p.mul1; ++u)
+          core::uvu_apply<SLOT, L1, L2, LO>(p, u, pw[pi], row[0], row[1], row[2], row[3], acc);
+      } else {
+        constexpr int D1 = 2 * L1 + 1, DO = 2 * LO + 1;
+        T m[D1 * DO];
+        core::uvu_contract_y<L1, L2, LO>(row[1] + p.off2, pw[pi], m);
+        for (int32_t u = 0; u < p.mul1; ++u) {
+          const int64_t xo = p.off1 + int64_t(u) * D1, zo = p.off_out + int64_t(u) * DO, wi = int64_t(p.off_w) + u;
+          const T* xu = SLOT == TpSlot::kX ? nullptr : row[0] + xo;
+          const T* zu = SLOT == TpSlot::kZ ? nullptr : row[3] + zo;
+          if constexpr (SLOT == TpSlot::kW) {
+            acc[wi] += core::uvu_channel_contracted<L1, LO, SLOT>(xu, zu, m, T(1), static_cast<T*>(nullptr));
+          } else {
+            const T scale = p.off_w >= 0 ? row[2][wi] : T(1);
+            core::uvu_channel_contracted<L1, LO, SLOT>(xu, zu, m, scale, acc + (SLOT == TpSlot::kZ ? zo : xo));
+          }
+        }
+      }
     });
   }
 }

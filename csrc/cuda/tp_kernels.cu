@@ -350,73 +350,224 @@ struct EdgeRows {
   }
 };
 
-// Paths outside, edges inside: the path's dispatch and table reads are paid once per chunk, and the edge
-// loop is straight-line code with compile-time CG whose loads (weights, gathered rows) are independent
-// from one edge to the next, so unrolling keeps several in flight.
-template <TpSlot SLOT, int LT, typename T>
-__device__ void uvu_segment_block(const TpCall& c, const TpPath* paths, const T* pw, int32_t first, int32_t end,
-                                  int32_t u, SegmentChunk chunk, int count, const T* y_rows, const T* x,
-                                  const T* y, const T* w, const T* z, T* orow, bool add) {
-  constexpr int DT = 2 * LT + 1;
-  T acc[DT];
-  for (int k = 0; k < DT; ++k) acc[k] = T(0);
-  const bool staged = stages_y(c);
-  const int64_t w_stride = c.shared_w ? 0 : c.num_w;
-  for (int32_t pi = first; pi < end; ++pi) {
-    const TpPath& p = paths[pi];
-    if (!core::uvu_path_active<SLOT>(p, c.with_unweighted)) continue;
-    const T path_weight = pw[pi];
-    const bool weighted = p.off_w >= 0;
-    core::uvu_dispatch(p, [&](auto l1, auto l2, auto lo) {
-      constexpr int L1 = decltype(l1)::value, L2 = decltype(l2)::value, LO = decltype(lo)::value;
-      if constexpr ((SLOT == TpSlot::kZ ? LO : L1) == LT) {
-        const int64_t src_off = SLOT == TpSlot::kZ ? p.off1 + u * (2 * L1 + 1) : p.off_out + u * (2 * LO + 1);
-        const int64_t src_stride = SLOT == TpSlot::kZ ? c.dim_x : c.dim_z;
-        const T* src_base = (SLOT == TpSlot::kZ ? x : z) + src_off;
-        const T* w_base = w + p.off_w + u;
-#pragma unroll 4
-        for (int t = 0; t < count; ++t) {
-          const int32_t e = chunk.edge[t];
-          if (e < 0) continue;
-          const T* src = src_base + chunk.source[t] * src_stride;
-          const T* yp = (staged ? y_rows + t * c.dim_y : y + int64_t(e) * c.dim_y) + p.off2;
-          const T scale = weighted ? path_weight * w_base[e * w_stride] : path_weight;
-          core::uvu_channel<L1, L2, LO, SLOT>(SLOT == TpSlot::kZ ? src : nullptr, yp,
-                                               SLOT == TpSlot::kX ? src : nullptr, scale, acc);
-        }
-      }
-    });
-  }
-  store_block<DT>(acc, orow + uvu_target<SLOT>(paths[first]) + u * DT, add ? Store::kAdd : Store::kSet);
+// ---- the convolution's scatter on the channelwise kernel: edge chunks, y contracted per edge ----------
+//
+// Slots z and x of a graph call (TpKernel::kUvu), in both modes:
+// * deterministic (TpCall::segmented): a block per target node, over its edge list, storing the row;
+// * atomic: a block per chunk of consecutive edges in the caller's order; consecutive edges with the same
+//   target (receiver-sorted edges: a node's whole list) are summed in registers and added with one
+//   atomic per element and run, not one per edge.
+// A chunk is staged in shared memory: edge ids, gathered rows, targets, runs of equal target, SH rows
+// (sh_lmax >= 0), and for every (edge, path) the y-contracted CG block M = pw * C·y
+// (core::uvu_contract_y), which all channels then read with broadcast vector loads: per channel, edge
+// and path, D1·DO multiply-adds (ncu on the previous kernel, which ran the CG entries per channel: ~645
+// warp instructions per edge and 32 channels, instruction-bound).
+
+constexpr int kMaxEdgeChunk = 32;
+constexpr size_t kEdgeSmemBudget = 48 * 1024;  // no opt-in: keeps several blocks per SM
+
+// The chunk's valid entries, compacted (an invalid edge, or one not of this node, is left out), and
+// split into runs of equal target.
+struct EdgeChunk {
+  int32_t* edge;        // edge id
+  int32_t* source;      // row of the gathered operand (x's for slot z, z's for slot x)
+  int32_t* runs;        // runs[r] .. runs[r + 1]: the entries of run r
+  int32_t* run_target;  // the row run r writes
+  int32_t* num_runs;
+  int32_t* m_off;     // offset of path p's contracted block in an edge's row of blocks; m_off[P]: row width
+  void* m;            // [size][yc_width] contracted blocks
+  void* y_rows;       // [size][dim_y] SH rows (sh_lmax >= 0)
+  int size;           // entries per chunk
+};
+
+__host__ __device__ inline size_t edge_chunk_bytes(const TpCall& c, int size, size_t elem) {
+  return uvu_table_bytes(c, elem) + align16((c.num_paths + 1) * sizeof(int32_t)) +
+         align16((4 * size + 2) * sizeof(int32_t)) + align16(size * size_t(c.yc_width) * elem) +
+         (c.sh_lmax >= 0 ? align16(size * size_t(c.dim_y) * elem) : 0);
 }
 
-template <TpSlot SLOT, typename T>
-__global__ void __launch_bounds__(kThreads) tp_uvu_segment_kernel(TpCall c, const TpPath* __restrict__ paths_g,
-                                                                  const T* __restrict__ pw_g, const T* __restrict__ x,
-                                                                  const T* __restrict__ y, const T* __restrict__ w,
-                                                                  const T* __restrict__ z, T* __restrict__ out) {
+// Entries per chunk: as many as the budget holds, at most kMaxEdgeChunk; 0 if not even one fits.
+inline int edge_chunk_size(const TpCall& c, size_t elem) {
+  int size = kMaxEdgeChunk;
+  while (size > 0 && edge_chunk_bytes(c, size, elem) > kEdgeSmemBudget) --size;
+  return size;
+}
+
+template <typename T>
+__device__ EdgeChunk carve_edge_chunk(const TpCall& c, int size, unsigned char* raw) {
+  EdgeChunk ch;
+  ch.m_off = reinterpret_cast<int32_t*>(raw);
+  int32_t* ints = reinterpret_cast<int32_t*>(raw + align16((c.num_paths + 1) * sizeof(int32_t)));
+  ch.edge = ints;
+  ch.source = ints + size;
+  ch.runs = ints + 2 * size;
+  ch.run_target = ints + 3 * size + 1;
+  ch.num_runs = ints + 4 * size + 1;
+  unsigned char* m = reinterpret_cast<unsigned char*>(ints) + align16((4 * size + 2) * sizeof(int32_t));
+  ch.m = m;
+  ch.y_rows = m + align16(size * size_t(c.yc_width) * sizeof(T));
+  ch.size = size;
+  return ch;
+}
+
+// `n` 16-byte-aligned values from shared memory into registers, with vector loads.
+template <int N, typename T>
+__device__ __forceinline__ void load_aligned(const T* src, T* dst) {
+  using Vec = std::conditional_t<sizeof(T) == 4, float4, double2>;
+  constexpr int V = sizeof(Vec) / sizeof(T);
+#pragma unroll
+  for (int q = 0; q < N / V; ++q) {
+    const Vec v = reinterpret_cast<const Vec*>(src)[q];
+    const T* lanes = reinterpret_cast<const T*>(&v);
+#pragma unroll
+    for (int l = 0; l < V; ++l) dst[q * V + l] = lanes[l];
+  }
+#pragma unroll
+  for (int r = N / V * V; r < N; ++r) dst[r] = src[r];
+}
+
+// Stages entries [k0, k0 + count) of unit `unit` (deterministic: node `unit`'s list; atomic: edges in
+// order; count <= 32) and contracts y with every path's CG block per edge; returns after the block has
+// synced. Warp 0 compacts the valid entries and finds the runs with ballots (no serial scan).
+template <TpSlot SLOT, typename T, bool SH>
+__device__ void stage_edge_chunk(const TpCall& c, bool det, int64_t unit, int64_t k0, int count, const TpPath* paths,
+                                 const T* pw, const T* y, EdgeChunk ch) {
+  static_assert(kMaxEdgeChunk <= 32, "one warp stages a chunk");
+  if (threadIdx.x < 32) {
+    const int t = threadIdx.x;
+    const unsigned all = 0xffffffffu, below = (1u << t) - 1;
+    int64_t e = -1, rx = 0, rz = 0;
+    bool ok = false;
+    if (t < count) {
+      const int64_t k = k0 + t;
+      e = det && c.seg_edges ? c.seg_edges[k] : k;
+      ok = det ? c.segment_edge(e, unit, &rx, &rz) : c.edge_rows(e, &rx, &rz);
+    }
+    const int32_t target = static_cast<int32_t>(det ? unit : ok ? c.out_row(e, rx, rz) : -1);
+    const unsigned valid = __ballot_sync(all, ok);
+    const int slot = __popc(valid & below);
+    const int prev = 31 - __clz(valid & below);  // previous valid lane, -1 if none
+    const int32_t prev_target = __shfl_sync(all, target, prev >= 0 ? prev : t);
+    const bool starts = ok && (prev < 0 || prev_target != target);
+    const unsigned start_mask = __ballot_sync(all, starts);
+    if (ok) {
+      ch.edge[slot] = static_cast<int32_t>(e);
+      ch.source[slot] = static_cast<int32_t>(SLOT == TpSlot::kZ ? rx : rz);
+      if (SH) core::tp_sh_row(c, y + e * 3, static_cast<T*>(ch.y_rows) + slot * c.dim_y);
+    }
+    if (starts) {
+      const int r = __popc(start_mask & below);
+      ch.runs[r] = slot;
+      ch.run_target[r] = target;
+    }
+    if (t == 0) {
+      const int num_runs = __popc(start_mask);
+      ch.runs[num_runs] = __popc(valid);
+      *ch.num_runs = num_runs;
+      if (det && num_runs == 0) {  // no valid edge: one empty run, so that the node's row is stored
+        ch.runs[1] = 0;
+        ch.run_target[0] = static_cast<int32_t>(unit);
+        *ch.num_runs = 1;
+      }
+    }
+  }
+  __syncthreads();
+  const int valid = ch.runs[*ch.num_runs];
+  T* m = static_cast<T*>(ch.m);
+  for (int task = threadIdx.x; task < c.num_paths * valid; task += blockDim.x) {
+    const int32_t pi = task / valid, t = task % valid;  // consecutive threads: one path, several edges
+    const int32_t e = ch.edge[t];
+    const TpPath& p = paths[pi];
+    const T* yp = (SH ? static_cast<const T*>(ch.y_rows) + t * c.dim_y : y + int64_t(e) * c.dim_y) + p.off2;
+    core::uvu_dispatch(p, [&](auto l1, auto l2, auto lo) {
+      core::uvu_contract_y<decltype(l1)::value, decltype(l2)::value, decltype(lo)::value>(
+          yp, pw[pi], m + int64_t(t) * c.yc_width + ch.m_off[pi]);
+    });
+  }
+  __syncthreads();
+}
+
+// Channel u of the irrep block written by the run of paths [first, last) (degree LT), for every run of
+// the chunk's entries: sums over the run's edges and paths, then writes the target row's block.
+// Paths outside, edges inside: the dispatch is paid once per path and run, and the edge loop is
+// straight-line code whose loads (weights, gathered rows) are independent from one edge to the next.
+template <TpSlot SLOT, int LT, typename T>
+__device__ void uvu_edge_block(const TpCall& c, const TpPath* paths, int32_t first, int32_t last, int32_t u,
+                               const EdgeChunk& ch, const T* x, const T* w, const T* z, T* out, Store how) {
+  constexpr int DT = 2 * LT + 1;
+  const int64_t w_stride = c.shared_w ? 0 : c.num_w;
+  const int64_t src_stride = SLOT == TpSlot::kZ ? c.dim_x : c.dim_z;
+  const T* m_rows = static_cast<const T*>(ch.m);
+  const int num_runs = *ch.num_runs;
+  for (int r = 0; r < num_runs; ++r) {
+    const int t0 = ch.runs[r], t1 = ch.runs[r + 1];
+    T acc[DT];
+    for (int k = 0; k < DT; ++k) acc[k] = T(0);
+    for (int32_t pi = first; pi < last; ++pi) {
+      const TpPath& p = paths[pi];
+      if (!core::uvu_path_active<SLOT>(p, c.with_unweighted)) continue;
+      const bool weighted = p.off_w >= 0;
+      const T* m_base = m_rows + ch.m_off[pi];
+      core::degree_dispatch(((SLOT == TpSlot::kZ ? p.dim1 : p.dim_out) - 1) / 2, [&](auto l_other) {
+        constexpr int L1 = SLOT == TpSlot::kZ ? decltype(l_other)::value : LT;
+        constexpr int LO = SLOT == TpSlot::kZ ? LT : decltype(l_other)::value;
+        constexpr int D1 = 2 * L1 + 1, DO = 2 * LO + 1, DS = SLOT == TpSlot::kZ ? D1 : DO;
+        const T* src_base = SLOT == TpSlot::kZ ? x + p.off1 + int64_t(u) * D1 : z + p.off_out + int64_t(u) * DO;
+        const T* w_base = w + p.off_w + u;
+#pragma unroll 4
+        for (int t = t0; t < t1; ++t) {
+          const int32_t e = ch.edge[t];
+          const T* src = src_base + int64_t(ch.source[t]) * src_stride;
+          T s[DS], m[D1 * DO];
+          for (int d = 0; d < DS; ++d) s[d] = src[d];
+          load_aligned<D1 * DO>(m_base + int64_t(t) * c.yc_width, m);
+          const T scale = weighted ? w_base[int64_t(e) * w_stride] : T(1);
+          core::uvu_channel_contracted<L1, LO, SLOT>(s, s, m, scale, acc);
+        }
+      });
+    }
+    store_block<DT>(acc, out + int64_t(ch.run_target[r]) * c.out_width() + uvu_target<SLOT>(paths[first]) + int64_t(u) * DT,
+                    how);
+  }
+}
+
+template <TpSlot SLOT, typename T, bool SH>
+__global__ void __launch_bounds__(kThreads) tp_uvu_edge_kernel(TpCall c, int chunk_size,
+                                                               const TpPath* __restrict__ paths_g,
+                                                               const T* __restrict__ pw_g, const T* __restrict__ x,
+                                                               const T* __restrict__ y, const T* __restrict__ w,
+                                                               const T* __restrict__ z, T* __restrict__ out) {
   extern __shared__ __align__(16) unsigned char smem_raw[];
   TpPath* paths = reinterpret_cast<TpPath*>(smem_raw);
   T* pw = reinterpret_cast<T*>(smem_raw + align16(c.num_paths * sizeof(TpPath)));
-  unsigned char* chunk_raw = smem_raw + uvu_table_bytes(c, sizeof(T));
-  const SegmentChunk chunk{reinterpret_cast<int32_t*>(chunk_raw), reinterpret_cast<int32_t*>(chunk_raw) + kChunk};
-  T* y_rows = reinterpret_cast<T*>(chunk_raw + align16(2 * kChunk * sizeof(int32_t)));
+  const EdgeChunk ch = carve_edge_chunk<T>(c, chunk_size, smem_raw + uvu_table_bytes(c, sizeof(T)));
   stage_tables(c, paths_g, pw_g, paths, pw);
+  if (threadIdx.x == 0) {
+    int32_t off = 0;
+    for (int32_t pi = 0; pi < c.num_paths; ++pi) {
+      ch.m_off[pi] = off;
+      off += core::uvu_contracted_stride(paths_g[pi].dim1, paths_g[pi].dim_out);
+    }
+    ch.m_off[c.num_paths] = off;
+  }
   __syncthreads();
+  // The host sized shared memory with c.yc_width (Python's sum of the same strides): never overrun it.
+  if (ch.m_off[c.num_paths] != c.yc_width) return;
 
-  for (int64_t n = blockIdx.x; n < c.nodes; n += gridDim.x) {
-    int64_t begin, end;
-    segment_range(c, n, &begin, &end);
-    T* orow = out + n * c.out_width();
-    for (int64_t k0 = begin;; k0 += kChunk) {  // at least once: a node without edges stores zeros
-      const int count = static_cast<int>(min(int64_t(kChunk), end - k0));
-      stage_chunk(c, n, k0, count, y, chunk, y_rows);
+  const bool det = c.segmented();
+  const int64_t units = det ? c.nodes : (c.rows + chunk_size - 1) / chunk_size;
+  for (int64_t unit = blockIdx.x; unit < units; unit += gridDim.x) {
+    int64_t begin = unit * chunk_size, end = min(begin + chunk_size, c.rows);
+    if (det) segment_range(c, unit, &begin, &end);
+    for (int64_t k0 = begin;; k0 += chunk_size) {  // at least once: a node without edges stores zeros
+      const int count = static_cast<int>(min(int64_t(chunk_size), end - k0));
+      stage_edge_chunk<SLOT, T, SH>(c, det, unit, k0, count, paths, pw, y, ch);
+      const Store how = !det ? Store::kAtomicAdd : k0 > begin ? Store::kAdd : Store::kSet;
       for_each_block_run<SLOT>(c, paths, [&](int32_t first, int32_t last, int32_t u, auto lt) {
-        uvu_segment_block<SLOT, decltype(lt)::value>(c, paths, pw, first, last, u, chunk, count, y_rows, x, y, w, z,
-                                                     orow, k0 > begin);
+        uvu_edge_block<SLOT, decltype(lt)::value>(c, paths, first, last, u, ch, x, w, z, out, how);
       });
       __syncthreads();  // the chunk's staging is reused
-      if (k0 + kChunk >= end) break;
+      if (k0 + chunk_size >= end) break;
     }
   }
 }
@@ -516,33 +667,46 @@ bool launch_uvu(cudaStream_t stream, const TpCall& c, const TpPath* paths, const
   return true;
 }
 
+// Slots z and x of a graph call on the channelwise kernel (both modes). Returns false when not even one
+// edge's staging fits the shared-memory budget (the caller then runs another kernel).
+template <TpSlot SLOT, typename T>
+bool launch_uvu_edges(cudaStream_t stream, const TpCall& c, const TpPath* paths, const T* pw, const T* const ops[4],
+                      T* out, cudaError_t* err) {
+  const int size = edge_chunk_size(c, sizeof(T));
+  if (size == 0) return false;
+  const bool det = c.segmented();
+  // Atomic adds need a zeroed output; the deterministic kernel stores only the blocks that paths write.
+  if (!det || (c.zero_fill >> static_cast<int>(SLOT)) & 1) {
+    *err = cudaMemsetAsync(out, 0, c.out_rows() * c.out_width() * sizeof(T), stream);
+    if (*err != cudaSuccess) return true;
+  }
+  const int64_t units = det ? c.nodes : (c.rows + size - 1) / size;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(units, int64_t(1) << 20));
+  *err = cudaSuccess;
+  if (blocks == 0) return true;
+  auto kernel = c.sh_lmax >= 0 ? tp_uvu_edge_kernel<SLOT, T, true> : tp_uvu_edge_kernel<SLOT, T, false>;
+  kernel<<<blocks, kThreads, edge_chunk_bytes(c, size, sizeof(T)), stream>>>(c, size, paths, pw, ops[0], ops[1],
+                                                                            ops[2], ops[3], out);
+  *err = cudaGetLastError();
+  return true;
+}
+
+// Deterministic scatter of any problem (tp_segment_kernel).
 template <TpSlot SLOT, typename T>
 cudaError_t launch_segmented(cudaStream_t stream, const TpCall& c, const TpPath* paths, const int32_t* cg_ijk,
                              const T* cg_c, const T* pw, const T* const ops[4], T* out) {
-  const bool uvu = c.kernel == core::TpKernel::kUvu;
-  const size_t smem =
-      segment_smem_bytes<T>(c, uvu ? uvu_table_bytes(c, sizeof(T)) : align16(c.num_paths * sizeof(TpPath)));
+  const size_t smem = segment_smem_bytes<T>(c, align16(c.num_paths * sizeof(TpPath)));
   if (smem > smem_optin_limit()) return cudaErrorInvalidConfiguration;  // tables of thousands of paths
   cudaError_t err;
   if (smem > 48 * 1024) {
-    err = uvu ? cudaFuncSetAttribute(tp_uvu_segment_kernel<SLOT, T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     static_cast<int>(smem))
-              : cudaFuncSetAttribute(tp_segment_kernel<SLOT, T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                                     static_cast<int>(smem));
-    if (err != cudaSuccess) return err;
-  }
-  // The unrolled kernel stores only the blocks that paths write.
-  if (uvu && (c.zero_fill >> static_cast<int>(SLOT)) & 1) {
-    err = cudaMemsetAsync(out, 0, c.out_rows() * c.out_width() * sizeof(T), stream);
+    err = cudaFuncSetAttribute(tp_segment_kernel<SLOT, T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               static_cast<int>(smem));
     if (err != cudaSuccess) return err;
   }
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(c.nodes, int64_t(1) << 20));
   if (blocks == 0) return cudaSuccess;
-  if (uvu)
-    tp_uvu_segment_kernel<SLOT, T><<<blocks, kThreads, smem, stream>>>(c, paths, pw, ops[0], ops[1], ops[2], ops[3], out);
-  else
-    tp_segment_kernel<SLOT, T><<<blocks, kThreads, smem, stream>>>(c, paths, cg_ijk, cg_c, pw, ops[0], ops[1], ops[2],
-                                                                    ops[3], out);
+  tp_segment_kernel<SLOT, T><<<blocks, kThreads, smem, stream>>>(c, paths, cg_ijk, cg_c, pw, ops[0], ops[1], ops[2],
+                                                                  ops[3], out);
   return cudaGetLastError();
 }
 
@@ -554,8 +718,11 @@ cudaError_t launch(cudaStream_t stream, const TpCall& c, const TpPath* paths, co
   const bool empty = c.rows == 0 || c.num_items == 0;
   if (empty) return out_elems > 0 ? cudaMemsetAsync(out, 0, out_elems * sizeof(T), stream) : cudaSuccess;
   cudaError_t err = cudaSuccess;
-  if constexpr (SLOT == TpSlot::kZ || SLOT == TpSlot::kX)
+  if constexpr (SLOT == TpSlot::kZ || SLOT == TpSlot::kX) {
+    if (c.scatters() && c.kernel == core::TpKernel::kUvu && launch_uvu_edges<SLOT, T>(stream, c, paths, pw, ops, out, &err))
+      return err;
     if (c.segmented()) return launch_segmented<SLOT, T>(stream, c, paths, cg_ijk, cg_c, pw, ops, out);
+  }
   if (c.kernel == core::TpKernel::kUvu && launch_uvu<SLOT, T>(stream, c, paths, pw, ops, out, &err)) return err;
 
   const size_t table = align16(c.num_paths * sizeof(TpPath));

@@ -5,13 +5,13 @@
 // seg_offsets int32[num_nodes + 1] and seg_edges int32[E] (both may be empty: see core::TpCall); the
 // problem tables: paths int32[P, 14], cg_ijk int32[C, 3], cg_c T[C], path_weight T[P]. Attributes:
 // slot, shared_w, with_unweighted, widths, kernel (core::TpKernel), zero_fill, num_nodes (-1 for a
-// plain product), sh_lmax / sh_normalize / sh_normalization (y from edge vectors; sh_lmax -1: y is data).
+// plain product), sh_lmax / sh_normalize / sh_normalization (y from edge vectors; sh_lmax -1: y is data),
+// yc_width (core::TpCall).
 #pragma once
 
 #include <array>
 
-#include "core/generated/cg_blocks.h"
-#include "core/tp.h"
+#include "core/tp_uvu.h"
 #include "ffi/common.h"
 
 namespace jbm {
@@ -30,7 +30,8 @@ inline xla::ffi::Error check_tp(const xla::ffi::AnyBuffer& a, const xla::ffi::An
                                 const xla::ffi::AnyBuffer& path_weight, const xla::ffi::AnyBuffer& out, int32_t slot,
                                 int32_t shared_w, int32_t with_unweighted, int32_t dim_x, int32_t dim_y, int32_t dim_z,
                                 int32_t num_w, int64_t num_items, int32_t kernel, int32_t zero_fill, int64_t num_nodes,
-                                int32_t sh_lmax, int32_t sh_normalize, int32_t sh_normalization, TpBuffers* bufs,
+                                int32_t sh_lmax, int32_t sh_normalize, int32_t sh_normalization, int32_t yc_width,
+                                TpBuffers* bufs,
                                 core::TpCall* out_call) {
   using ffi_util::invalid;
   namespace ffi = xla::ffi;
@@ -73,7 +74,9 @@ inline xla::ffi::Error check_tp(const xla::ffi::AnyBuffer& a, const xla::ffi::An
                     static_cast<int32_t>(paths.element_count() / core::kTpPathFields), num_items,
                     dim_x, dim_y, dim_z, num_w, shared_w != 0, with_unweighted != 0,
                     static_cast<core::TpKernel>(kernel), zero_fill, num_nodes, nullptr, nullptr, nullptr, nullptr,
-                    sh_lmax < 0 ? -1 : sh_lmax, sh_normalize != 0, static_cast<core::ShNormalization>(sh_normalization)};
+                    sh_lmax < 0 ? -1 : sh_lmax, sh_normalize != 0, static_cast<core::ShNormalization>(sh_normalization),
+                    yc_width};
+  if (yc_width < 0) return invalid("yc_width of ", kTpOp, " must be non-negative, got ", yc_width);
   if (static_cast<int64_t>(path_weight.element_count()) != call.num_paths)
     return invalid("path weights of ", kTpOp, " must have one entry per path");
   const int64_t widths[4] = {dim_x, call.y_width(), num_w, dim_z};
@@ -141,7 +144,7 @@ inline xla::ffi::Error check_tp_segments(const core::TpCall& c) {
 // comes from our own Python code, which the CPU tests check through this function).
 inline xla::ffi::Error check_tp_paths(const core::TpCall& c, const core::TpPath* paths, const int32_t* cg_ijk,
                                       int64_t num_cg) {
-  int64_t items = 0;
+  int64_t items = 0, yc_width = 0;
   for (int32_t i = 0; i < c.num_paths; ++i) {
     const core::TpPath& p = paths[i];
     const bool ok =
@@ -169,8 +172,11 @@ inline xla::ffi::Error check_tp_paths(const core::TpCall& c, const core::TpPath*
           return ffi_util::invalid("paths of ", kTpOp, " are not grouped by the block they write");
     }
     items += core::tp_path_items(p);
+    yc_width += core::uvu_contracted_stride(p.dim1, p.dim_out);
   }
   if (items != c.num_items) return ffi_util::invalid("item count of ", kTpOp, " does not match its paths");
+  if (c.kernel == core::TpKernel::kUvu && yc_width != c.yc_width)
+    return ffi_util::invalid("yc_width of ", kTpOp, " does not match its paths: ", c.yc_width, " for ", yc_width);
   return xla::ffi::Error::Success();
 }
 
@@ -184,4 +190,4 @@ inline xla::ffi::Error check_tp_paths(const core::TpCall& c, const core::TpPath*
       .Attr<int32_t>("dim_x").Attr<int32_t>("dim_y").Attr<int32_t>("dim_z").Attr<int32_t>("num_w")    \
       .Attr<int64_t>("num_items").Attr<int32_t>("kernel").Attr<int32_t>("zero_fill") \
       .Attr<int64_t>("num_nodes").Attr<int32_t>("sh_lmax").Attr<int32_t>("sh_normalize")            \
-      .Attr<int32_t>("sh_normalization")
+      .Attr<int32_t>("sh_normalization").Attr<int32_t>("yc_width")

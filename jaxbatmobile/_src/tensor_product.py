@@ -56,6 +56,7 @@ class _Tables:
     dims: tuple  # (dim_x, dim_y, dim_z, num_w)
     kernel: int  # KERNEL_GENERIC or KERNEL_UVU (csrc/core/tp.h, TpKernel)
     zero_fill: int  # bit s: operand s has elements that no path writes (csrc/core/tp.h, TpCall)
+    yc_width: int  # elements of one row's y-contracted CG blocks (csrc/core/tp.h, TpCall)
 
 
 class TensorProduct:
@@ -191,6 +192,8 @@ def _build_tables(tp: TensorProduct, kernel: str = "auto") -> _Tables:
         num_items=item,
         dims=(tp.irreps_in1.dim, tp.irreps_in2.dim, tp.irreps_out.dim, tp.weight_numel),
         kernel=KERNEL_UVU if uvu and kernel == "auto" else KERNEL_GENERIC,
+        # Elements of one row's y-contracted CG blocks (csrc/core/tp_uvu.h, uvu_contracted_stride).
+        yc_width=int(sum((p[8] * p[10] + 3) // 4 * 4 for p in paths)),
     )
 
 
@@ -333,7 +336,7 @@ def _lowering(ctx, a, b, c, *graph, tables, slot, shared, unweighted, num_nodes,
             num_items=np.int64(tables.num_items), kernel=np.int32(tables.kernel),
             zero_fill=np.int32(tables.zero_fill), num_nodes=np.int64(-1 if num_nodes is None else num_nodes),
             sh_lmax=np.int32(sh_lmax), sh_normalize=np.int32(sh_normalize),
-            sh_normalization=np.int32(sh_normalizations[sh_normalization]))
+            sh_normalization=np.int32(sh_normalizations[sh_normalization]), yc_width=np.int32(tables.yc_width))
 
     def body(a, b, c, *graph):
         empty = jnp.zeros((0,), jnp.int32)
