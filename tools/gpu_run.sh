@@ -4,12 +4,13 @@
 # JBM_ARCH: CUDA architectures to build (default 90: the H100/H200 only, half the build time).
 set -uo pipefail
 OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+export JBM_ARCH=${JBM_ARCH:-90}
 export PYTHONUNBUFFERED=1
 python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$OUT/gpu.txt"
 python3 -c "import scikit_build_core, nanobind, jax; print('skbuild', scikit_build_core.__version__, 'nanobind', nanobind.__version__, 'jax', jax.__version__)"
 t0=$(date +%s)
-python3 -m pip install -v --no-build-isolation --no-deps -e . -C cmake.define.CMAKE_CUDA_ARCHITECTURES="${JBM_ARCH:-90}" \
+python3 -m pip install -v --no-build-isolation --no-deps -e . -C cmake.define.CMAKE_CUDA_ARCHITECTURES="$JBM_ARCH" \
   > "$OUT/build.log" 2>&1 || { tail -40 "$OUT/build.log"; exit 1; }
 grep -E "jaxbatmobile: building|spill|stack frame" "$OUT/build.log" | sort | uniq -c | sort -rn | head -8
 echo "build: $(( $(date +%s) - t0 )) s"

@@ -370,7 +370,9 @@ constexpr size_t kEdgeSmemBudget = 48 * 1024;  // no opt-in: keeps several block
 // split into runs of equal target.
 struct EdgeChunk {
   int32_t* edge;        // edge id
-  int32_t* source;      // row of the gathered operand (x's for slot z, z's for slot x)
+  int32_t* source;      // row of the gathered operand (x's for slots z and w, z's for slot x)
+  int32_t* source2;     // slot w: the z row
+  unsigned* valid;      // bit t: entry t of the chunk (before compaction) is valid
   int32_t* runs;        // runs[r] .. runs[r + 1]: the entries of run r
   int32_t* run_target;  // the row run r writes
   int32_t* num_runs;
@@ -382,7 +384,7 @@ struct EdgeChunk {
 
 __host__ __device__ inline size_t edge_chunk_bytes(const TpCall& c, int size, size_t elem) {
   return uvu_table_bytes(c, elem) + align16((c.num_paths + 1) * sizeof(int32_t)) +
-         align16((4 * size + 2) * sizeof(int32_t)) + align16(size * size_t(c.yc_width) * elem) +
+         align16((5 * size + 3) * sizeof(int32_t)) + align16(size * size_t(c.yc_width) * elem) +
          (c.sh_lmax >= 0 ? align16(size * size_t(c.dim_y) * elem) : 0);
 }
 
@@ -400,10 +402,12 @@ __device__ EdgeChunk carve_edge_chunk(const TpCall& c, int size, unsigned char* 
   int32_t* ints = reinterpret_cast<int32_t*>(raw + align16((c.num_paths + 1) * sizeof(int32_t)));
   ch.edge = ints;
   ch.source = ints + size;
-  ch.runs = ints + 2 * size;
-  ch.run_target = ints + 3 * size + 1;
-  ch.num_runs = ints + 4 * size + 1;
-  unsigned char* m = reinterpret_cast<unsigned char*>(ints) + align16((4 * size + 2) * sizeof(int32_t));
+  ch.source2 = ints + 2 * size;
+  ch.runs = ints + 3 * size;
+  ch.run_target = ints + 4 * size + 1;
+  ch.num_runs = ints + 5 * size + 1;
+  ch.valid = reinterpret_cast<unsigned*>(ints + 5 * size + 2);
+  unsigned char* m = reinterpret_cast<unsigned char*>(ints) + align16((5 * size + 3) * sizeof(int32_t));
   ch.m = m;
   ch.y_rows = m + align16(size * size_t(c.yc_width) * sizeof(T));
   ch.size = size;
@@ -452,7 +456,8 @@ __device__ void stage_edge_chunk(const TpCall& c, bool det, int64_t unit, int64_
     const unsigned start_mask = __ballot_sync(all, starts);
     if (ok) {
       ch.edge[slot] = static_cast<int32_t>(e);
-      ch.source[slot] = static_cast<int32_t>(SLOT == TpSlot::kZ ? rx : rz);
+      ch.source[slot] = static_cast<int32_t>(SLOT == TpSlot::kX ? rz : rx);
+      ch.source2[slot] = static_cast<int32_t>(rz);
       if (SH) core::tp_sh_row(c, y + e * 3, static_cast<T*>(ch.y_rows) + slot * c.dim_y);
     }
     if (starts) {
@@ -461,6 +466,7 @@ __device__ void stage_edge_chunk(const TpCall& c, bool det, int64_t unit, int64_
       ch.run_target[r] = target;
     }
     if (t == 0) {
+      *ch.valid = valid;
       const int num_runs = __popc(start_mask);
       ch.runs[num_runs] = __popc(valid);
       *ch.num_runs = num_runs;
@@ -531,6 +537,45 @@ __device__ void uvu_edge_block(const TpCall& c, const TpPath* paths, int32_t fir
   }
 }
 
+// Slot w (per-edge weights): dw[e, off_w + u] = x[u, :] · M · z[u, :] for every weighted path, channel
+// and valid entry of the chunk; rows of invalid edges are zero.
+template <typename T>
+__device__ void uvu_edge_weights(const TpCall& c, const TpPath* paths, const EdgeChunk& ch, int64_t k0, int count,
+                                 const T* x, const T* z, T* out) {
+  const T* m_rows = static_cast<const T*>(ch.m);
+  const int valid = ch.runs[*ch.num_runs];
+  for (int32_t pi = 0; pi < c.num_paths; ++pi) {
+    const TpPath& p = paths[pi];
+    if (!core::uvu_path_active<TpSlot::kW>(p, c.with_unweighted)) continue;
+    const T* m_base = m_rows + ch.m_off[pi];
+    core::degree_dispatch((p.dim1 - 1) / 2, [&](auto l1) {
+      core::degree_dispatch((p.dim_out - 1) / 2, [&](auto lo) {
+        constexpr int L1 = decltype(l1)::value, LO = decltype(lo)::value, D1 = 2 * L1 + 1, DO = 2 * LO + 1;
+        for (int32_t u = threadIdx.x; u < p.mul1; u += blockDim.x) {
+          const T* x_base = x + p.off1 + int64_t(u) * D1;
+          const T* z_base = z + p.off_out + int64_t(u) * DO;
+          T* w_base = out + p.off_w + u;
+#pragma unroll 4
+          for (int t = 0; t < valid; ++t) {
+            const T* xu = x_base + int64_t(ch.source[t]) * c.dim_x;
+            const T* zu = z_base + int64_t(ch.source2[t]) * c.dim_z;
+            T xs[D1], zs[DO], m[D1 * DO];
+            for (int i = 0; i < D1; ++i) xs[i] = xu[i];
+            for (int k = 0; k < DO; ++k) zs[k] = zu[k];
+            load_aligned<D1 * DO>(m_base + int64_t(t) * c.yc_width, m);
+            w_base[int64_t(ch.edge[t]) * c.num_w] =
+                core::uvu_channel_contracted<L1, LO, TpSlot::kW>(xs, zs, m, T(1), static_cast<T*>(nullptr));
+          }
+        }
+      });
+    });
+  }
+  const unsigned mask = *ch.valid;
+  for (int t = 0; t < count; ++t)
+    if (!((mask >> t) & 1u))
+      for (int64_t k = threadIdx.x; k < c.num_w; k += blockDim.x) out[(k0 + t) * c.num_w + k] = T(0);
+}
+
 template <TpSlot SLOT, typename T, bool SH>
 __global__ void __launch_bounds__(kThreads) tp_uvu_edge_kernel(TpCall c, int chunk_size,
                                                                const TpPath* __restrict__ paths_g,
@@ -562,10 +607,14 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_edge_kernel(TpCall c, int chu
     for (int64_t k0 = begin;; k0 += chunk_size) {  // at least once: a node without edges stores zeros
       const int count = static_cast<int>(min(int64_t(chunk_size), end - k0));
       stage_edge_chunk<SLOT, T, SH>(c, det, unit, k0, count, paths, pw, y, ch);
-      const Store how = !det ? Store::kAtomicAdd : k0 > begin ? Store::kAdd : Store::kSet;
-      for_each_block_run<SLOT>(c, paths, [&](int32_t first, int32_t last, int32_t u, auto lt) {
-        uvu_edge_block<SLOT, decltype(lt)::value>(c, paths, first, last, u, ch, x, w, z, out, how);
-      });
+      if constexpr (SLOT == TpSlot::kW) {
+        uvu_edge_weights(c, paths, ch, k0, count, x, z, out);
+      } else {
+        const Store how = !det ? Store::kAtomicAdd : k0 > begin ? Store::kAdd : Store::kSet;
+        for_each_block_run<SLOT>(c, paths, [&](int32_t first, int32_t last, int32_t u, auto lt) {
+          uvu_edge_block<SLOT, decltype(lt)::value>(c, paths, first, last, u, ch, x, w, z, out, how);
+        });
+      }
       __syncthreads();  // the chunk's staging is reused
       if (k0 + chunk_size >= end) break;
     }
@@ -667,16 +716,16 @@ bool launch_uvu(cudaStream_t stream, const TpCall& c, const TpPath* paths, const
   return true;
 }
 
-// Slots z and x of a graph call on the channelwise kernel (both modes). Returns false when not even one
-// edge's staging fits the shared-memory budget (the caller then runs another kernel).
+// Slots z and x (both modes) and w (per-edge weights) of a graph call on the channelwise kernel. Returns
+// false when not even one edge's staging fits the shared-memory budget (the caller runs another kernel).
 template <TpSlot SLOT, typename T>
 bool launch_uvu_edges(cudaStream_t stream, const TpCall& c, const TpPath* paths, const T* pw, const T* const ops[4],
                       T* out, cudaError_t* err) {
   const int size = edge_chunk_size(c, sizeof(T));
   if (size == 0) return false;
   const bool det = c.segmented();
-  // Atomic adds need a zeroed output; the deterministic kernel stores only the blocks that paths write.
-  if (!det || (c.zero_fill >> static_cast<int>(SLOT)) & 1) {
+  // Atomic adds need a zeroed output; the other modes store only the blocks that paths write.
+  if ((!det && c.scatters()) || (c.zero_fill >> static_cast<int>(SLOT)) & 1) {
     *err = cudaMemsetAsync(out, 0, c.out_rows() * c.out_width() * sizeof(T), stream);
     if (*err != cudaSuccess) return true;
   }
@@ -723,6 +772,10 @@ cudaError_t launch(cudaStream_t stream, const TpCall& c, const TpPath* paths, co
       return err;
     if (c.segmented()) return launch_segmented<SLOT, T>(stream, c, paths, cg_ijk, cg_c, pw, ops, out);
   }
+  if constexpr (SLOT == TpSlot::kW)
+    if (c.nodes >= 0 && !c.shared_w && c.kernel == core::TpKernel::kUvu &&
+        launch_uvu_edges<SLOT, T>(stream, c, paths, pw, ops, out, &err))
+      return err;
   if (c.kernel == core::TpKernel::kUvu && launch_uvu<SLOT, T>(stream, c, paths, pw, ops, out, &err)) return err;
 
   const size_t table = align16(c.num_paths * sizeof(TpPath));

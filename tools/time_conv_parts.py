@@ -1,0 +1,40 @@
+"""Times each kernel role of the conv (MACE-medium, N=5k, E=150k, fp32) on its own: the forward (slot z),
+and the gradients in x (slot x, scatter to senders), y (slot y) and w (slot w), each jitted alone so XLA
+keeps one call. Medians of 20 runs after warm-up. A tool for kernel work, not a peer benchmark."""
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jaxbatmobile as jb
+
+m, n, e = 128, 5000, 150_000
+i1, sh, io = f"{m}x0e+{m}x1o", "0e+1o+2e+3o", f"{m}x0e+{m}x1o+{m}x2e"
+tp = jb.TensorProduct(i1, sh, io, jb.channelwise_instructions(i1, sh, io))
+rng = np.random.default_rng(0)
+s = jnp.asarray(rng.integers(0, n, e), jnp.int32)
+r = jnp.asarray(np.sort(rng.integers(0, n, e)), jnp.int32)
+x = jnp.asarray(rng.normal(size=(n, tp.irreps_in1.dim)), jnp.float32)
+y = jnp.asarray(rng.normal(size=(e, 16)), jnp.float32)
+w = jnp.asarray(rng.normal(size=(e, tp.weight_numel)), jnp.float32)
+dz = jnp.asarray(rng.normal(size=(n, tp.irreps_out.dim)), jnp.float32)
+
+
+def median_ms(f, *args):
+    jax.block_until_ready(f(*args))
+    times = []
+    for _ in range(20):
+        t0 = time.perf_counter()
+        jax.block_until_ready(f(*args))
+        times.append(time.perf_counter() - t0)
+    return 1e3 * float(np.median(times))
+
+
+for det in (False, True):
+    conv = lambda x, y, w, det=det: jb.conv(tp, x, y, w, s, r, num_nodes=n, deterministic=det)  # noqa: E731
+    row = {"fwd (z)": median_ms(jax.jit(conv), x, y, w)}
+    for name, k in (("dx", 0), ("dy", 1), ("dw", 2)):
+        vjp = jax.jit(lambda x, y, w, dz, k=k: jax.vjp(conv, x, y, w)[1](dz)[k])
+        row[name] = median_ms(vjp, x, y, w, dz)
+    print(("det   " if det else "atomic") + "  " + "  ".join(f"{k} {v:.3f} ms" for k, v in row.items()), flush=True)
