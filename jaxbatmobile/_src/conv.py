@@ -10,13 +10,19 @@ product (JVP = one call per tangent, transpose = permuted slot), hence derivativ
 
 Two ways to sum over edges on the GPU:
 
-* atomic (default): one block per edge adds its contribution to the target row with atomic adds; edges
-  in any order, but the float summation order (hence the last bits) may change from run to run;
+* atomic (default): a block takes a chunk of consecutive edges (in the given order), sums the edges of
+  each run of equal receiver in registers and adds the run's row with atomic adds — one atomic per
+  element and run, so receiver-sorted edges are cheapest; edges in any order, but the float summation
+  order (hence the last bits) may change from run to run;
 * ``deterministic=True``: one block per target node sums its edges in a fixed order in registers and
   stores the row once — bitwise-identical results on every run, forward and backward. The edge lists
   (edges stably sorted by receiver, and by sender for the node-feature gradient) are computed in the
   graph with two integer sorts; XLA shares them between calls on the same indices within one jit.
-  Edges need no particular order.
+  Edges need no particular order. The node-feature gradient (a scatter to senders, which are rarely
+  sorted) of channelwise products takes the sender-sorted lists in both modes.
+
+On the GPU, channelwise (uvu) products contract y with each path's CG block once per edge in shared
+memory (csrc/core/tp_uvu.h, uvu_contract_y); every channel then runs a small dense product.
 
 On the CPU both modes sum in a fixed order (edge order, or node by node), so results are reproducible.
 

@@ -342,7 +342,9 @@ def _lowering(ctx, a, b, c, *graph, tables, slot, shared, unweighted, num_nodes,
         empty = jnp.zeros((0,), jnp.int32)
         senders, receivers = graph if graph else (empty, empty)
         seg = (empty, empty)
-        if deterministic and slot in (SLOT_X, SLOT_Z):
+        # The x gradient scatters to senders, which are rarely sorted: atomics would then hit a new row
+        # at every edge, so the channelwise kernel takes the sender-sorted lists in both modes.
+        if graph and slot in (SLOT_X, SLOT_Z) and (deterministic or (slot == SLOT_X and tables.kernel == KERNEL_UVU)):
             seg = _edge_lists(receivers if slot == SLOT_Z else senders, num_nodes)
         return [call(a, b, c, senders, receivers, *seg, *consts)]
 
