@@ -402,16 +402,25 @@ def message_passing(node_feats, edge_attrs, edge_weights, senders, receivers, *,
     y = e3nn_jax.as_irreps_array(edge_attrs)
     if regroup_output:
         y = y.regroup()
-    x, plan = _message_plan("message_passing", node_feats, y.irreps, edge_weights, filter_ir_out,
-                            irrep_normalization, regroup_output)
-    dtype = _float_dtype(x, y, *([] if edge_weights is None else [jnp.asarray(edge_weights)]))
-    num_nodes = x.shape[0] if num_nodes is None else num_nodes
-    w = _weights("message_passing", plan, edge_weights, y.shape[0], dtype)
+    x, plan, dtype, num_nodes, w = _message_inputs("message_passing", node_feats, y.irreps, y, edge_weights,
+                                                   num_nodes, filter_ir_out, irrep_normalization, regroup_output)
     if plan.tp is None:
         return _finish(plan, jnp.zeros((0,), dtype), num_nodes)
     out = conv(plan.tp, x.array.astype(dtype), y.array.astype(dtype), w, senders, receivers, num_nodes=num_nodes,
                deterministic=deterministic)
     return _finish(plan, out, num_nodes)
+
+
+def _message_inputs(op, node_feats, edge_irreps, edge_array, edge_weights, num_nodes, filter_ir_out,
+                    irrep_normalization, regroup_output):
+    """What both message-passing ops prepare: the node features and plan, the common float dtype, the
+    node count and the per-edge weight rows for the kernel (``edge_array``: attributes or vectors, [E, ...])."""
+    x, plan = _message_plan(op, node_feats, edge_irreps, edge_weights, filter_ir_out, irrep_normalization,
+                            regroup_output)
+    dtype = _float_dtype(x, edge_array, *([] if edge_weights is None else [jnp.asarray(edge_weights)]))
+    num_nodes = x.shape[0] if num_nodes is None else num_nodes
+    w = _weights(op, plan, edge_weights, edge_array.shape[0], dtype)
+    return x, plan, dtype, num_nodes, w
 
 
 def sh_message_passing(node_feats, edge_vectors, edge_weights, senders, receivers, *, lmax: int,
@@ -438,11 +447,8 @@ def sh_message_passing(node_feats, edge_vectors, edge_weights, senders, receiver
         return message_passing(node_feats, sh, edge_weights, senders, receivers, num_nodes=num_nodes,
                                filter_ir_out=filter_ir_out, irrep_normalization=irrep_normalization,
                                regroup_output=regroup_output, deterministic=deterministic)
-    x, plan = _message_plan("sh_message_passing", node_feats, irreps, edge_weights, filter_ir_out,
-                            irrep_normalization, regroup_output)
-    dtype = _float_dtype(x, vectors, *([] if edge_weights is None else [jnp.asarray(edge_weights)]))
-    num_nodes = x.shape[0] if num_nodes is None else num_nodes
-    w = _weights("sh_message_passing", plan, edge_weights, vectors.shape[0], dtype)
+    x, plan, dtype, num_nodes, w = _message_inputs("sh_message_passing", node_feats, irreps, vectors, edge_weights,
+                                                   num_nodes, filter_ir_out, irrep_normalization, regroup_output)
     if plan.tp is None:
         return _finish(plan, jnp.zeros((0,), dtype), num_nodes)
     out = sh_conv(plan.tp, x.array.astype(dtype), vectors.astype(dtype), w, senders, receivers,

@@ -142,14 +142,8 @@ __device__ void for_each_block_run(const TpCall& c, const TpPath* paths, F&& f) 
     for (end = first + 1; end < c.num_paths && uvu_target<SLOT>(paths[end]) == target;) ++end;
     const TpPath& p = paths[first];
     const int lt = ((SLOT == TpSlot::kZ ? p.dim_out : p.dim1) - 1) / 2;
-    for (int32_t u = threadIdx.x; u < p.mul1; u += blockDim.x) {
-      switch (lt) {
-        case 0: f(first, end, u, core::IntC<0>{}); break;
-        case 1: f(first, end, u, core::IntC<1>{}); break;
-        case 2: f(first, end, u, core::IntC<2>{}); break;
-        default: f(first, end, u, core::IntC<3>{}); break;
-      }
-    }
+    for (int32_t u = threadIdx.x; u < p.mul1; u += blockDim.x)
+      core::degree_dispatch(lt, [&](auto l) { f(first, end, u, l); });
   }
 }
 
@@ -379,7 +373,6 @@ struct EdgeChunk {
   int32_t* m_off;     // offset of path p's contracted block in an edge's row of blocks; m_off[P]: row width
   void* m;            // [size][yc_width] contracted blocks
   void* y_rows;       // [size][dim_y] SH rows (sh_lmax >= 0)
-  int size;           // entries per chunk
 };
 
 __host__ __device__ inline size_t edge_chunk_bytes(const TpCall& c, int size, size_t elem) {
@@ -410,7 +403,6 @@ __device__ EdgeChunk carve_edge_chunk(const TpCall& c, int size, unsigned char* 
   unsigned char* m = reinterpret_cast<unsigned char*>(ints) + align16((5 * size + 3) * sizeof(int32_t));
   ch.m = m;
   ch.y_rows = m + align16(size * size_t(c.yc_width) * sizeof(T));
-  ch.size = size;
   return ch;
 }
 
