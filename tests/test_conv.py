@@ -189,6 +189,62 @@ def test_sorted_receivers_long_runs(rng, deterministic):
         assert_close(got, want, 1e-12)
 
 
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("op", ["conv", "sh_conv", "tp"])
+def test_fused_y_and_weight_gradients(rng, op, dtype):
+    """Gradients in y (or edge vectors) and weights together run as one fused call (tp_yw_p, FFI
+    jbm_tp_yw): compared with the unfused reference, with more channels than a GPU warp has lanes
+    (40: two rounds, a partial one), dropped edges, the call's vmap, and the transpose of its VJP."""
+    i1, io = "40x0e+40x1o", "40x0e+40x1o+40x2e"
+    tp = jb.TensorProduct(i1, SH3, io, jb.channelwise_instructions(i1, SH3, io))
+    n, e = 9, 70
+    s, r = _graph(rng, n, e)
+    x, y, w = _inputs(rng, tp, n, e, dtype)
+    v = _vectors(rng, e, dtype)
+    keep = np.ones(e, bool)
+    s_bad = s.copy()
+    if op != "tp":
+        s_bad[[3, 40]] = [-1, n]
+        keep[[3, 40]] = False
+
+    def sh(v):
+        return e3nn.spherical_harmonics(tp.irreps_in2, jnp.asarray(v, jnp.float64), True, normalization="component").array
+
+    if op == "conv":
+        f = lambda x, y, w: jb.conv(tp, x, y, w, s_bad, r, num_nodes=n)  # noqa: E731
+        ref = lambda x, y, w: _ref(tp, x, y[keep], w[keep], s[keep], r[keep], n)  # noqa: E731
+        args = (x, y, w)
+    elif op == "sh_conv":
+        f = lambda x, v, w: jb.sh_conv(tp, x, v, w, s_bad, r, num_nodes=n)  # noqa: E731
+        ref = lambda x, v, w: _ref(tp, x, sh(v)[keep], w[keep], s[keep], r[keep], n)  # noqa: E731
+        args = (x, v, w)
+    else:  # the plain product, rows = edges
+        xe = x[s]
+        f = lambda x, y, w: tp(x, y, w)  # noqa: E731
+        ref = lambda x, y, w: reference.tensor_product(tp, *(jnp.asarray(a, jnp.float64) for a in (x, y, w)), False)  # noqa: E731
+        args = (xe, y, w)
+    dz = rng.normal(size=np.shape(f(*args))).astype(dtype)
+    loss = lambda a, y, w: jnp.vdot(f(a, y, w), dz)  # noqa: E731
+    assert "jbm_tensor_product_yw" in str(jax.make_jaxpr(jax.grad(loss, argnums=(1, 2)))(*args))
+    got = jax.grad(loss, argnums=(0, 1, 2))(*args)
+    want = jax.grad(lambda a, y, w: jnp.vdot(ref(a, y, w), dz.astype(np.float64)), argnums=(0, 1, 2))(*args)
+    for g, h in zip(got, want):
+        assert_close(g, h, TOL[dtype] * 5)
+    if op != "tp":
+        assert not np.any(np.asarray(got[1])[~keep]) and not np.any(np.asarray(got[2])[~keep])
+    # vmap over a batch of (y, w) pairs runs the fused call's batching rule
+    ys, ws = np.stack([args[1], args[1] * 0.5]), np.stack([args[2], -args[2]])
+    batched = jax.vmap(jax.grad(loss, argnums=(1, 2)), in_axes=(None, 0, 0))(args[0], ys, ws)
+    for b in range(2):
+        for g, h in zip((batched[0][b], batched[1][b]), jax.grad(loss, argnums=(1, 2))(args[0], ys[b], ws[b])):
+            assert_close(g, h, TOL[dtype] * 5)
+    if op != "sh_conv" and dtype == np.float64:  # the VJP is linear in dz: its transpose is the JVP in (y, w)
+        _, vjp = jax.vjp(lambda y, w: f(args[0], y, w), args[1], args[2])
+        t_y, t_w = rng.normal(size=args[1].shape), rng.normal(size=args[2].shape)
+        (back,) = jax.linear_transpose(lambda c: vjp(c), dz)((t_y, t_w))
+        assert_close(back, jax.jvp(lambda y, w: f(args[0], y, w), (args[1], args[2]), (t_y, t_w))[1], 1e-12)
+
+
 def test_bad_calls(rng):
     tp = _tp("mace-medium")
     n, e = 5, 8

@@ -1,6 +1,6 @@
 """Times each kernel role of the conv (MACE-medium, N=5k, E=150k, fp32) on its own: the forward (slot z),
 and the gradients in x (slot x, scatter to senders), y (slot y) and w (slot w), each jitted alone so XLA
-keeps one call. Medians of 20 runs after warm-up. A tool for kernel work, not a peer benchmark."""
+keeps one call, and dy+dw together (the fused call). Medians of 20 runs after warm-up. A tool for kernel work, not a peer benchmark."""
 import time
 
 import jax
@@ -27,4 +27,6 @@ for det in (False, True):
     for name, k in (("dx", 0), ("dy", 1), ("dw", 2)):
         vjp = jax.jit(lambda x, y, w, dz, k=k: jax.vjp(conv, x, y, w)[1](dz)[k])
         row[name] = median_ms(vjp, x, y, w, dz)
+    # dy and dw together: one fused call (tp_yw_p) on channelwise problems
+    row["dy+dw"] = median_ms(jax.jit(lambda x, y, w, dz: jax.vjp(lambda y, w: conv(x, y, w), y, w)[1](dz)), x, y, w, dz)
     print(("det   " if det else "atomic") + "  " + "  ".join(f"{k} {v:.3f} ms" for k, v in row.items()), flush=True)

@@ -114,6 +114,29 @@ JBM_HD T uvu_channel_contracted(const T* xu, const T* zu, const T* m, T scale, T
   return T(0);
 }
 
+// ---- slot y with the channels summed first ---------------------------------------------------------
+// The y gradient of one path sums over channels:
+//     dy[j] = pw * sum_{i, k} C[i, j, k] * B[i, k],   B[i, k] = sum_u w[u] * x[u, i] * z[u, k]
+// so the channels meet only through B (D1 x DO): a caller adds each channel's outer product to B
+// (D1 * DO multiply-adds) and contracts B with the CG block once, instead of two multiply-adds per CG
+// entry and channel. The CPU loop sums B over all channels; a GPU warp over its lanes' channels, then
+// reduces the D2 results across lanes.
+template <int L1, int LO, typename T>
+JBM_HD void uvu_outer_add(const T* xu, const T* zu, T scale, T* b) {
+  constexpr int D1 = 2 * L1 + 1, DO = 2 * LO + 1;
+  T xs[D1];
+  for (int i = 0; i < D1; ++i) xs[i] = scale * xu[i];
+  for (int i = 0; i < D1; ++i)
+    for (int k = 0; k < DO; ++k) b[i * DO + k] += xs[i] * zu[k];
+}
+
+// dy[j] += sum_{i, k} C[i, j, k] * b[i, k] (the path weight is the caller's).
+template <int L1, int L2, int LO, typename T>
+JBM_HD void uvu_contract_outer(const T* b, T* dy) {
+  constexpr int DO = 2 * LO + 1;
+  CgBlock<L1, L2, LO>::for_each([&](int i, int j, int k, double c) { dy[j] += T(c) * b[i * DO + k]; });
+}
+
 // Runs `body(IntC<L>)` for a degree 0 <= l <= kCgMaxL (the largest one for anything above).
 template <typename F>
 JBM_HD void degree_dispatch(int l, F&& body) {

@@ -22,7 +22,8 @@ void tp_row_generic(const core::TpCall& c, const core::TpPath* paths, const int3
 }
 
 // Slots z, x, w contract y with each path's CG block once per row, then run the channels through it
-// (core::uvu_contract_y, as the GPU's convolution kernel does); slot y sums over channels per CG entry.
+// (core::uvu_contract_y, as the GPU's convolution kernel does); slot y sums the channels' outer products
+// first and contracts them once (core::uvu_outer_add, as the GPU's y-gradient kernel does).
 template <core::TpSlot SLOT, typename T>
 void tp_row_uvu(const core::TpCall& c, const core::TpPath* paths, const T* pw, const T* const row[4], T* acc) {
   using core::TpSlot;
@@ -32,8 +33,15 @@ void tp_row_uvu(const core::TpCall& c, const core::TpPath* paths, const T* pw, c
     core::uvu_dispatch(p, [&](auto l1, auto l2, auto lo) {
       constexpr int L1 = decltype(l1)::value, L2 = decltype(l2)::value, LO = decltype(lo)::value;
       if constexpr (SLOT == TpSlot::kY) {
-        for (int32_t u = 0; u < p.mul1; ++u)
-          core::uvu_apply<SLOT, L1, L2, LO>(p, u, pw[pi], row[0], row[1], row[2], row[3], acc);
+        constexpr int D1 = 2 * L1 + 1, D2 = 2 * L2 + 1, DO = 2 * LO + 1;
+        T b[D1 * DO] = {}, dy[D2] = {};
+        for (int32_t u = 0; u < p.mul1; ++u) {
+          const T scale = p.off_w >= 0 ? row[2][p.off_w + u] : T(1);
+          core::uvu_outer_add<L1, LO>(row[0] + p.off1 + int64_t(u) * D1, row[3] + p.off_out + int64_t(u) * DO,
+                                      scale, b);
+        }
+        core::uvu_contract_outer<L1, L2, LO>(b, dy);
+        for (int j = 0; j < D2; ++j) acc[p.off2 + j] += pw[pi] * dy[j];
       } else {
         constexpr int D1 = 2 * L1 + 1, DO = 2 * LO + 1;
         T m[D1 * DO];

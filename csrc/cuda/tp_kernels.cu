@@ -371,25 +371,32 @@ struct EdgeChunk {
   int32_t* run_target;  // the row run r writes
   int32_t* num_runs;
   int32_t* m_off;     // offset of path p's contracted block in an edge's row of blocks; m_off[P]: row width
-  void* m;            // [size][yc_width] contracted blocks
+  void* m;            // [size][yc_width] contracted blocks (not for slot y alone)
   void* y_rows;       // [size][dim_y] SH rows (sh_lmax >= 0)
+  void* dy_rows;      // slot y: [size][dim_y] the entries' y-gradient rows
 };
 
-__host__ __device__ inline size_t edge_chunk_bytes(const TpCall& c, int size, size_t elem) {
+// Whether the chunk stages y-contracted blocks: every call but the y gradient alone.
+__host__ __device__ inline bool edge_contracts(const TpCall& c, bool with_w) { return c.slot != TpSlot::kY || with_w; }
+
+// with_w: the fused y and weight gradients (slot y call that also writes the per-row weight gradient).
+__host__ __device__ inline size_t edge_chunk_bytes(const TpCall& c, int size, size_t elem, bool with_w = false) {
   return uvu_table_bytes(c, elem) + align16((c.num_paths + 1) * sizeof(int32_t)) +
-         align16((5 * size + 3) * sizeof(int32_t)) + align16(size * size_t(c.yc_width) * elem) +
-         (c.sh_lmax >= 0 ? align16(size * size_t(c.dim_y) * elem) : 0);
+         align16((5 * size + 3) * sizeof(int32_t)) +
+         (edge_contracts(c, with_w) ? align16(size * size_t(c.yc_width) * elem) : 0) +
+         (c.sh_lmax >= 0 ? align16(size * size_t(c.dim_y) * elem) : 0) +
+         (c.slot == TpSlot::kY ? align16(size * size_t(c.dim_y) * elem) : 0);
 }
 
 // Entries per chunk: as many as the budget holds, at most kMaxEdgeChunk; 0 if not even one fits.
-inline int edge_chunk_size(const TpCall& c, size_t elem) {
+inline int edge_chunk_size(const TpCall& c, size_t elem, bool with_w = false) {
   int size = kMaxEdgeChunk;
-  while (size > 0 && edge_chunk_bytes(c, size, elem) > kEdgeSmemBudget) --size;
+  while (size > 0 && edge_chunk_bytes(c, size, elem, with_w) > kEdgeSmemBudget) --size;
   return size;
 }
 
 template <typename T>
-__device__ EdgeChunk carve_edge_chunk(const TpCall& c, int size, unsigned char* raw) {
+__device__ EdgeChunk carve_edge_chunk(const TpCall& c, int size, unsigned char* raw, bool with_w = false) {
   EdgeChunk ch;
   ch.m_off = reinterpret_cast<int32_t*>(raw);
   int32_t* ints = reinterpret_cast<int32_t*>(raw + align16((c.num_paths + 1) * sizeof(int32_t)));
@@ -402,7 +409,8 @@ __device__ EdgeChunk carve_edge_chunk(const TpCall& c, int size, unsigned char* 
   ch.valid = reinterpret_cast<unsigned*>(ints + 5 * size + 2);
   unsigned char* m = reinterpret_cast<unsigned char*>(ints) + align16((5 * size + 3) * sizeof(int32_t));
   ch.m = m;
-  ch.y_rows = m + align16(size * size_t(c.yc_width) * sizeof(T));
+  ch.y_rows = m + (edge_contracts(c, with_w) ? align16(size * size_t(c.yc_width) * sizeof(T)) : 0);
+  ch.dy_rows = static_cast<unsigned char*>(ch.y_rows) + (c.sh_lmax >= 0 ? align16(size * size_t(c.dim_y) * sizeof(T)) : 0);
   return ch;
 }
 
@@ -425,7 +433,7 @@ __device__ __forceinline__ void load_aligned(const T* src, T* dst) {
 // Stages entries [k0, k0 + count) of unit `unit` (deterministic: node `unit`'s list; atomic: edges in
 // order; count <= 32) and contracts y with every path's CG block per edge; returns after the block has
 // synced. Warp 0 compacts the valid entries and finds the runs with ballots (no serial scan).
-template <TpSlot SLOT, typename T, bool SH>
+template <TpSlot SLOT, typename T, bool SH, bool CONTRACT = SLOT != TpSlot::kY>
 __device__ void stage_edge_chunk(const TpCall& c, bool det, int64_t unit, int64_t k0, int count, const TpPath* paths,
                                  const T* pw, const T* y, EdgeChunk ch) {
   static_assert(kMaxEdgeChunk <= 32, "one warp stages a chunk");
@@ -470,6 +478,7 @@ __device__ void stage_edge_chunk(const TpCall& c, bool det, int64_t unit, int64_
     }
   }
   __syncthreads();
+  if constexpr (!CONTRACT) return;
   const int valid = ch.runs[*ch.num_runs];
   T* m = static_cast<T*>(ch.m);
   for (int task = threadIdx.x; task < c.num_paths * valid; task += blockDim.x) {
@@ -613,6 +622,151 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_edge_kernel(TpCall c, int chu
   }
 }
 
+// ---- the y gradient on edge chunks: a warp per entry, channels summed in registers ---------------------
+//
+// dy[r, off2 + j] = pw · Σ_{i,k} C[i,j,k] B[i,k] with B = Σ_u w[u] x[u,:] ⊗ z[u,:] (core::uvu_outer_add):
+// each lane sums B over its channels (u = lane, lane + 32, ...), contracts it with the CG block once,
+// and the warp sums the D2 results with a butterfly reduce-scatter. Rows are staged as edge chunks
+// (stage_edge_chunk: compaction, gathered row ids; plain products too, rows being their own x and z
+// rows); warp w owns entries w, w + 4, ... and adds each path's result into the entry's y-gradient row
+// in shared memory, stored once per chunk: no atomics, a fixed order (deterministic in both modes).
+// With W_GRAD (the fused backward) the same pass also writes the per-row weight gradient
+// dw[r, off_w + u] = x[u,:] · M · z[u,:] from the staged y-contracted blocks (uvu_edge_weights' formula),
+// so the two gradients read x, z and the weights once.
+// (The previous y-gradient kernel, one block per row with a thread per channel, ran the CG entries per
+// channel and reduced 128 partial rows through shared memory: 1.2 ms of the 2.5 ms fwd+bwd on H100.)
+
+// Sums v[0..N) over the warp's 32 lanes (N a power of two, at most 32): each step halves the values a
+// lane holds, exchanging the other half with the partner lane (N/2 + N/4 + ... shuffles, then one per
+// remaining step). Returns in v[0] the sum of value `*index`; `*owner` marks one lane per index.
+template <int N, int OFFSET, typename T>
+__device__ __forceinline__ void warp_reduce_scatter_step(T* v, int lane, int* index) {
+  if constexpr (N > 1) {
+    constexpr int H = N / 2;
+    const bool upper = lane & OFFSET;
+#pragma unroll
+    for (int q = 0; q < H; ++q) {
+      const T send = upper ? v[q] : v[H + q];
+      const T keep = upper ? v[H + q] : v[q];
+      v[q] = keep + __shfl_xor_sync(0xffffffffu, send, OFFSET);
+    }
+    if (upper) *index += H;
+    warp_reduce_scatter_step<H, OFFSET / 2>(v, lane, index);
+  } else if constexpr (OFFSET > 0) {
+    v[0] += __shfl_xor_sync(0xffffffffu, v[0], OFFSET);
+    warp_reduce_scatter_step<1, OFFSET / 2>(v, lane, index);
+  }
+}
+
+template <int N, typename T>
+__device__ __forceinline__ T warp_reduce_scatter(T* v, int* index, bool* owner) {
+  static_assert(N >= 1 && N <= 32 && (N & (N - 1)) == 0, "N must be a power of two up to 32");
+  const int lane = threadIdx.x % 32;
+  *index = 0;
+  warp_reduce_scatter_step<N, 16>(v, lane, index);
+  *owner = (lane & (32 / N - 1)) == 0;
+  return v[0];
+}
+
+__host__ __device__ constexpr int pow2_ceil(int n) { return n <= 1 ? 1 : 2 * pow2_ceil((n + 1) / 2); }
+
+// One path for entry t of the chunk, by one warp: adds pw · C·B to the entry's y-gradient row (shared
+// memory) and, with W_GRAD, stores the entry's weight gradients of the path.
+template <int L1, int L2, int LO, bool W_GRAD, typename T>
+__device__ void uvu_edge_y_path(const TpCall& c, const TpPath& p, T pw, const EdgeChunk& ch, int t, const T* x,
+                                const T* w, const T* z, const T* m_row, T* dy_row, T* dw) {
+  constexpr int D1 = 2 * L1 + 1, D2 = 2 * L2 + 1, DO = 2 * LO + 1, N = pow2_ceil(D2);
+  const int lane = threadIdx.x % 32;
+  const int64_t e = ch.edge[t];
+  const T* x_base = x + int64_t(ch.source[t]) * c.dim_x + p.off1;
+  const T* z_base = z + int64_t(ch.source2[t]) * c.dim_z + p.off_out;
+  const bool weighted = p.off_w >= 0;
+  const T* w_base = w + (c.shared_w ? 0 : e * c.num_w) + p.off_w;
+  T b[D1 * DO];
+  for (int q = 0; q < D1 * DO; ++q) b[q] = T(0);
+#pragma unroll(W_GRAD ? 1 : 2)
+  for (int32_t u = lane; u < p.mul1; u += 32) {
+    T xs[D1], zs[DO];
+    for (int i = 0; i < D1; ++i) xs[i] = x_base[int64_t(u) * D1 + i];
+    for (int k = 0; k < DO; ++k) zs[k] = z_base[int64_t(u) * DO + k];
+    if constexpr (W_GRAD)
+      if (weighted)  // M read from shared memory per channel: registers are this kernel's limit
+        dw[e * c.num_w + p.off_w + u] =
+            core::uvu_channel_contracted<L1, LO, TpSlot::kW>(xs, zs, m_row, T(1), static_cast<T*>(nullptr));
+    core::uvu_outer_add<L1, LO>(xs, zs, weighted ? w_base[u] : T(1), b);
+  }
+  T v[N];
+  for (int j = 0; j < N; ++j) v[j] = T(0);
+  core::uvu_contract_outer<L1, L2, LO>(b, v);
+  int index;
+  bool owner;
+  const T sum = warp_reduce_scatter<N>(v, &index, &owner);
+  if (owner && index < D2) dy_row[p.off2 + index] += pw * sum;
+  __syncwarp();  // the next path's owner of an element may be another lane
+}
+
+// Slot y of channelwise calls (graph or plain), optionally fused with the per-row weight gradient
+// (W_GRAD: `dw` [rows, num_w]; then y (data, or edge vectors with SH) is read for the contracted blocks).
+template <typename T, bool W_GRAD, bool SH>
+__global__ void __launch_bounds__(kThreads) tp_uvu_edge_y_kernel(TpCall c, int chunk_size,
+                                                                 const TpPath* __restrict__ paths_g,
+                                                                 const T* __restrict__ pw_g, const T* __restrict__ x,
+                                                                 const T* __restrict__ y, const T* __restrict__ w,
+                                                                 const T* __restrict__ z, T* __restrict__ out,
+                                                                 T* __restrict__ dw) {
+  extern __shared__ __align__(16) unsigned char smem_raw[];
+  TpPath* paths = reinterpret_cast<TpPath*>(smem_raw);
+  T* pw = reinterpret_cast<T*>(smem_raw + align16(c.num_paths * sizeof(TpPath)));
+  const EdgeChunk ch = carve_edge_chunk<T>(c, chunk_size, smem_raw + uvu_table_bytes(c, sizeof(T)), W_GRAD);
+  stage_tables(c, paths_g, pw_g, paths, pw);
+  if (threadIdx.x == 0) {
+    int32_t off = 0;
+    for (int32_t pi = 0; pi < c.num_paths; ++pi) {
+      ch.m_off[pi] = off;
+      off += core::uvu_contracted_stride(paths_g[pi].dim1, paths_g[pi].dim_out);
+    }
+    ch.m_off[c.num_paths] = off;
+  }
+  __syncthreads();
+  if (W_GRAD && ch.m_off[c.num_paths] != c.yc_width) return;  // never overrun the host-sized staging
+
+  T* dy_rows = static_cast<T*>(ch.dy_rows);
+  const T* m_rows = static_cast<const T*>(ch.m);
+  const int warp = threadIdx.x / 32, warps = blockDim.x / 32;
+  const int64_t units = (c.rows + chunk_size - 1) / chunk_size;
+  for (int64_t unit = blockIdx.x; unit < units; unit += gridDim.x) {
+    const int64_t k0 = unit * chunk_size;
+    const int count = static_cast<int>(min(int64_t(chunk_size), c.rows - k0));
+    stage_edge_chunk<TpSlot::kY, T, SH, W_GRAD>(c, false, unit, k0, count, paths, pw, y, ch);
+    const int valid = ch.runs[*ch.num_runs];
+    for (int i = threadIdx.x; i < valid * c.dim_y; i += blockDim.x) dy_rows[i] = T(0);
+    __syncthreads();
+    for (int32_t pi = 0; pi < c.num_paths; ++pi) {
+      const TpPath& p = paths[pi];
+      if (!core::uvu_path_active<TpSlot::kY>(p, c.with_unweighted) && !(W_GRAD && p.off_w >= 0)) continue;
+      const bool y_active = core::uvu_path_active<TpSlot::kY>(p, c.with_unweighted);
+      core::uvu_dispatch(p, [&](auto l1, auto l2, auto lo) {
+        constexpr int L1 = decltype(l1)::value, L2 = decltype(l2)::value, LO = decltype(lo)::value;
+        for (int t = warp; t < valid; t += warps)
+          uvu_edge_y_path<L1, L2, LO, W_GRAD>(c, p, y_active ? pw[pi] : T(0), ch, t, x, w, z,
+                                              m_rows + int64_t(t) * c.yc_width + ch.m_off[pi],
+                                              dy_rows + t * c.dim_y, dw);
+      });
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < valid * c.dim_y; i += blockDim.x)
+      out[int64_t(ch.edge[i / c.dim_y]) * c.dim_y + i % c.dim_y] = dy_rows[i];
+    const unsigned mask = *ch.valid;  // rows of dropped edges: zero gradients
+    for (int t = 0; t < count; ++t)
+      if (!((mask >> t) & 1u)) {
+        for (int j = threadIdx.x; j < c.dim_y; j += blockDim.x) out[(k0 + t) * c.dim_y + j] = T(0);
+        if (W_GRAD)
+          for (int64_t k = threadIdx.x; k < c.num_w; k += blockDim.x) dw[(k0 + t) * c.num_w + k] = T(0);
+      }
+    __syncthreads();  // the chunk's staging is reused
+  }
+}
+
 // Any problem: thread per output element of the node's row (core::tp_path_element).
 template <TpSlot SLOT, typename T>
 __global__ void __launch_bounds__(kThreads) tp_segment_kernel(TpCall c, const TpPath* __restrict__ paths_g,
@@ -732,6 +886,33 @@ bool launch_uvu_edges(cudaStream_t stream, const TpCall& c, const TpPath* paths,
   return true;
 }
 
+// Slot y of a channelwise call on edge chunks (tp_uvu_edge_y_kernel), with `dw` non-null fused with the
+// per-row weight gradient (y then holds the operand y, or edge vectors when c.sh_lmax >= 0). Returns
+// false when the kernel does not apply (the caller runs others).
+template <typename T>
+bool launch_uvu_edges_y(cudaStream_t stream, const TpCall& c, const TpPath* paths, const T* pw, const T* x, const T* y,
+                        const T* w, const T* z, T* out, T* dw, cudaError_t* err) {
+  const bool with_w = dw != nullptr;
+  // Entry ids are int32 in the staging (graph calls have int32 edge counts; plain ones are capped here).
+  if (c.kernel != core::TpKernel::kUvu || c.rows > (int64_t(1) << 31) - 2 * kMaxEdgeChunk) return false;
+  if (with_w && c.shared_w) return false;
+  const int size = edge_chunk_size(c, sizeof(T), with_w);
+  if (size == 0) return false;
+  *err = cudaSuccess;
+  if (with_w && (c.zero_fill >> static_cast<int>(TpSlot::kW)) & 1) {  // weights no path reaches
+    *err = cudaMemsetAsync(dw, 0, c.rows * c.num_w * sizeof(T), stream);
+    if (*err != cudaSuccess) return true;
+  }
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((c.rows + size - 1) / size, int64_t(1) << 20));
+  if (blocks == 0) return true;
+  auto kernel = !with_w ? tp_uvu_edge_y_kernel<T, false, false>
+                : c.sh_lmax >= 0 ? tp_uvu_edge_y_kernel<T, true, true> : tp_uvu_edge_y_kernel<T, true, false>;
+  kernel<<<blocks, kThreads, edge_chunk_bytes(c, size, sizeof(T), with_w), stream>>>(c, size, paths, pw, x, y, w, z,
+                                                                                     out, dw);
+  *err = cudaGetLastError();
+  return true;
+}
+
 // Deterministic scatter of any problem (tp_segment_kernel).
 template <TpSlot SLOT, typename T>
 cudaError_t launch_segmented(cudaStream_t stream, const TpCall& c, const TpPath* paths, const int32_t* cg_ijk,
@@ -764,6 +945,8 @@ cudaError_t launch(cudaStream_t stream, const TpCall& c, const TpPath* paths, co
       return err;
     if (c.segmented()) return launch_segmented<SLOT, T>(stream, c, paths, cg_ijk, cg_c, pw, ops, out);
   }
+  if constexpr (SLOT == TpSlot::kY)
+    if (launch_uvu_edges_y<T>(stream, c, paths, pw, ops[0], nullptr, ops[2], ops[3], out, nullptr, &err)) return err;
   if constexpr (SLOT == TpSlot::kW)
     if (c.nodes >= 0 && !c.shared_w && c.kernel == core::TpKernel::kUvu &&
         launch_uvu_edges<SLOT, T>(stream, c, paths, pw, ops, out, &err))
@@ -803,9 +986,35 @@ cudaError_t launch_tp(cudaStream_t stream, const TpCall& c, const TpPath* paths,
   }
 }
 
+template <typename T>
+cudaError_t launch_tp_yw(cudaStream_t stream, const TpCall& cy, const TpCall& cw, const TpPath* paths,
+                         const int32_t* cg_ijk, const T* cg_c, const T* pw, const T* x, const T* y, const T* w,
+                         const T* z, T* dy, T* dw) {
+  if (cy.rows > 0 && cy.num_items > 0) {
+    TpCall fused = cy;  // slot y, with the weight gradient's view of y (data or SH of edge vectors)
+    fused.sh_lmax = cw.sh_lmax;
+    fused.sh_normalize = cw.sh_normalize;
+    fused.sh_normalization = cw.sh_normalization;
+    cudaError_t err;
+    if (launch_uvu_edges_y<T>(stream, fused, paths, pw, x, y, w, z, dy, dw, &err)) return err;
+  }
+  const T* ops_y[4] = {x, nullptr, w, z};
+  const T* ops_w[4] = {x, y, nullptr, z};
+  const cudaError_t err = launch_tp<T>(stream, cy, paths, cg_ijk, cg_c, pw, ops_y, dy);
+  return err != cudaSuccess ? err : launch_tp<T>(stream, cw, paths, cg_ijk, cg_c, pw, ops_w, dw);
+}
+
 template cudaError_t launch_tp<float>(cudaStream_t, const TpCall&, const TpPath*, const int32_t*, const float*,
                                       const float*, const float* const[4], float*);
 template cudaError_t launch_tp<double>(cudaStream_t, const TpCall&, const TpPath*, const int32_t*,
                                        const double*, const double*, const double* const[4], double*);
 
+template cudaError_t launch_tp_yw<float>(cudaStream_t, const TpCall&, const TpCall&, const TpPath*, const int32_t*,
+                                         const float*, const float*, const float*, const float*, const float*,
+                                         const float*, float*, float*);
+template cudaError_t launch_tp_yw<double>(cudaStream_t, const TpCall&, const TpCall&, const TpPath*, const int32_t*,
+                                          const double*, const double*, const double*, const double*,
+                                          const double*, const double*, double*, double*);
+
 }  // namespace jbm::cuda
+

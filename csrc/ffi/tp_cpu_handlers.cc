@@ -43,7 +43,39 @@ ffi::Error tp_cpu(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer c, ffi::Any
   return ffi::Error::Success();
 }
 
+// The fused y and weight gradients: on the CPU simply the two calls, one after the other.
+ffi::Error tp_yw_cpu(ffi::AnyBuffer x, ffi::AnyBuffer y, ffi::AnyBuffer w, ffi::AnyBuffer z, ffi::AnyBuffer senders,
+                     ffi::AnyBuffer receivers, ffi::AnyBuffer seg_offsets, ffi::AnyBuffer seg_edges, ffi::AnyBuffer paths,
+                     ffi::AnyBuffer cg_ijk, ffi::AnyBuffer cg_c, ffi::AnyBuffer pw, ffi::Result<ffi::AnyBuffer> dy,
+                     ffi::Result<ffi::AnyBuffer> dw, int32_t shared_w, int32_t with_unweighted, int32_t dim_x,
+                     int32_t dim_y, int32_t dim_z, int32_t num_w, int64_t num_items, int32_t kernel, int32_t zero_fill,
+                     int64_t num_nodes, int32_t sh_lmax, int32_t sh_normalize, int32_t sh_normalization,
+                     int32_t yc_width) {
+  TpBuffers bufs_y, bufs_w;
+  core::TpCall call_y, call_w;
+  ffi::Error error = check_tp_yw(x, y, w, z, senders, receivers, seg_offsets, seg_edges, paths, cg_ijk, cg_c, pw, *dy,
+                                 *dw, shared_w, with_unweighted, dim_x, dim_y, dim_z, num_w, num_items, kernel,
+                                 zero_fill, num_nodes, sh_lmax, sh_normalize, sh_normalization, yc_width, &bufs_y,
+                                 &call_y, &bufs_w, &call_w);
+  if (error.failure()) return error;
+  for (const core::TpCall* call : {&call_y, &call_w}) {
+    ffi::Error table = check_tp_paths(*call, static_cast<const core::TpPath*>(paths.untyped_data()),
+                                      static_cast<const int32_t*>(cg_ijk.untyped_data()),
+                                      static_cast<int64_t>(cg_c.element_count()));
+    if (table.failure()) return table;
+  }
+  if (x.element_type() == ffi::DataType::F32) {
+    run<float>(call_y, bufs_y, paths, cg_ijk, cg_c, pw, *dy);
+    run<float>(call_w, bufs_w, paths, cg_ijk, cg_c, pw, *dw);
+  } else {
+    run<double>(call_y, bufs_y, paths, cg_ijk, cg_c, pw, *dy);
+    run<double>(call_w, bufs_w, paths, cg_ijk, cg_c, pw, *dw);
+  }
+  return ffi::Error::Success();
+}
+
 }  // namespace
 }  // namespace jbm
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JbmTpCpu, jbm::tp_cpu, ffi::Ffi::Bind() JBM_TP_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JbmTpYwCpu, jbm::tp_yw_cpu, ffi::Ffi::Bind() JBM_TP_YW_BIND);

@@ -180,14 +180,55 @@ inline xla::ffi::Error check_tp_paths(const core::TpCall& c, const core::TpPath*
   return xla::ffi::Error::Success();
 }
 
+// The fused y and weight gradients (target jbm_tp_yw): operands x, y, w, z, results dy and dw (per-row
+// weights), validated as the two calls they replace: slot y from (x, w, z) and slot w from (x, y, z).
+// y may be edge vectors (sh_lmax >= 0): only the weight gradient reads it; dy is the gradient with
+// respect to y's values (the spherical harmonics).
+inline constexpr const char* kTpYwOp = "jbm_tp_yw";
+
+inline xla::ffi::Error check_tp_yw(const xla::ffi::AnyBuffer& x, const xla::ffi::AnyBuffer& y,
+                                   const xla::ffi::AnyBuffer& w, const xla::ffi::AnyBuffer& z,
+                                   const xla::ffi::AnyBuffer& senders, const xla::ffi::AnyBuffer& receivers,
+                                   const xla::ffi::AnyBuffer& seg_offsets, const xla::ffi::AnyBuffer& seg_edges,
+                                   const xla::ffi::AnyBuffer& paths, const xla::ffi::AnyBuffer& cg_ijk,
+                                   const xla::ffi::AnyBuffer& cg_c, const xla::ffi::AnyBuffer& path_weight,
+                                   const xla::ffi::AnyBuffer& dy, const xla::ffi::AnyBuffer& dw, int32_t shared_w,
+                                   int32_t with_unweighted, int32_t dim_x, int32_t dim_y, int32_t dim_z, int32_t num_w,
+                                   int64_t num_items, int32_t kernel, int32_t zero_fill, int64_t num_nodes,
+                                   int32_t sh_lmax, int32_t sh_normalize, int32_t sh_normalization, int32_t yc_width,
+                                   TpBuffers* bufs_y, core::TpCall* call_y, TpBuffers* bufs_w, core::TpCall* call_w) {
+  if (shared_w) return ffi_util::invalid(kTpYwOp, " needs per-row weights (shared_w = 0)");
+  if (seg_offsets.element_count() != 0 || seg_edges.element_count() != 0)
+    return ffi_util::invalid("edge lists of ", kTpYwOp, " must be empty (its outputs are per row)");
+  xla::ffi::Error error = check_tp(x, w, z, senders, receivers, seg_offsets, seg_edges, paths, cg_ijk, cg_c,
+                                   path_weight, dy, static_cast<int32_t>(core::TpSlot::kY), shared_w, with_unweighted,
+                                   dim_x, dim_y, dim_z, num_w, num_items, kernel, zero_fill, num_nodes, -1, 0, 0,
+                                   yc_width, bufs_y, call_y);
+  if (error.failure()) return error;
+  return check_tp(x, y, z, senders, receivers, seg_offsets, seg_edges, paths, cg_ijk, cg_c, path_weight, dw,
+                  static_cast<int32_t>(core::TpSlot::kW), shared_w, 0, dim_x, dim_y, dim_z, num_w, num_items, kernel,
+                  zero_fill, num_nodes, sh_lmax, sh_normalize, sh_normalization, yc_width, bufs_w, call_w);
+}
+
 }  // namespace jbm
 
+#define JBM_TP_ATTRS                                                                               \
+  .Attr<int32_t>("shared_w").Attr<int32_t>("with_unweighted")                                      \
+      .Attr<int32_t>("dim_x").Attr<int32_t>("dim_y").Attr<int32_t>("dim_z").Attr<int32_t>("num_w")    \
+      .Attr<int64_t>("num_items").Attr<int32_t>("kernel").Attr<int32_t>("zero_fill")                  \
+      .Attr<int64_t>("num_nodes").Attr<int32_t>("sh_lmax").Attr<int32_t>("sh_normalize")            \
+      .Attr<int32_t>("sh_normalization").Attr<int32_t>("yc_width")
+
+// jbm_tp: three operands, senders, receivers, seg_offsets, seg_edges, four tables; one result.
 #define JBM_TP_BIND                                                                                \
   .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()         \
       .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()      \
       .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()        \
-      .Attr<int32_t>("slot").Attr<int32_t>("shared_w").Attr<int32_t>("with_unweighted")               \
-      .Attr<int32_t>("dim_x").Attr<int32_t>("dim_y").Attr<int32_t>("dim_z").Attr<int32_t>("num_w")    \
-      .Attr<int64_t>("num_items").Attr<int32_t>("kernel").Attr<int32_t>("zero_fill") \
-      .Attr<int64_t>("num_nodes").Attr<int32_t>("sh_lmax").Attr<int32_t>("sh_normalize")            \
-      .Attr<int32_t>("sh_normalization").Attr<int32_t>("yc_width")
+      .Attr<int32_t>("slot") JBM_TP_ATTRS
+
+// jbm_tp_yw: x, y, w, z, then as jbm_tp; results dy and dw.
+#define JBM_TP_YW_BIND                                                                             \
+  .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()         \
+      .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()      \
+      .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()      \
+      .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>() JBM_TP_ATTRS

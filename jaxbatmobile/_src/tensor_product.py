@@ -320,23 +320,26 @@ def _edge_lists(targets, num_nodes):
     return offsets, order
 
 
-def _lowering(ctx, a, b, c, *graph, tables, slot, shared, unweighted, num_nodes, deterministic, sh):
-    dtype = ctx.avals_in[0].dtype
-    paths, path_weight = (tables.paths_by_x, tables.path_weight_by_x) if slot == SLOT_X else (tables.paths, tables.path_weight)
+def _tables_and_attrs(tables, by_x, dtype, *, shared, unweighted, num_nodes, sh):
+    """The FFI operands holding the problem tables, and the attributes (csrc/ffi/tp_problem.h)."""
+    paths, path_weight = (tables.paths_by_x, tables.path_weight_by_x) if by_x else (tables.paths, tables.path_weight)
     consts = [jnp.asarray(paths), jnp.asarray(tables.cg_ijk), jnp.asarray(tables.cg_coef.astype(dtype)),
               jnp.asarray(path_weight.astype(dtype))]
     dim_x, dim_y, dim_z, num_w = tables.dims
     sh_lmax, sh_normalize, sh_normalization = (-1, False, "component") if sh is None else sh
+    attrs = dict(shared_w=np.int32(shared), with_unweighted=np.int32(unweighted),
+                 dim_x=np.int32(dim_x), dim_y=np.int32(dim_y), dim_z=np.int32(dim_z), num_w=np.int32(num_w),
+                 num_items=np.int64(tables.num_items), kernel=np.int32(tables.kernel),
+                 zero_fill=np.int32(tables.zero_fill), num_nodes=np.int64(-1 if num_nodes is None else num_nodes),
+                 sh_lmax=np.int32(sh_lmax), sh_normalize=np.int32(sh_normalize),
+                 sh_normalization=np.int32(sh_normalizations[sh_normalization]), yc_width=np.int32(tables.yc_width))
+    return consts, attrs
 
-    def call(a, b, c, senders, receivers, seg_offsets, seg_edges, paths, cg_ijk, cg_coef, path_weight):
-        return jax.ffi.ffi_call("jbm_tp", jax.ShapeDtypeStruct(ctx.avals_out[0].shape, dtype))(
-            a, b, c, senders, receivers, seg_offsets, seg_edges, paths, cg_ijk, cg_coef, path_weight,
-            slot=np.int32(slot), shared_w=np.int32(shared), with_unweighted=np.int32(unweighted),
-            dim_x=np.int32(dim_x), dim_y=np.int32(dim_y), dim_z=np.int32(dim_z), num_w=np.int32(num_w),
-            num_items=np.int64(tables.num_items), kernel=np.int32(tables.kernel),
-            zero_fill=np.int32(tables.zero_fill), num_nodes=np.int64(-1 if num_nodes is None else num_nodes),
-            sh_lmax=np.int32(sh_lmax), sh_normalize=np.int32(sh_normalize),
-            sh_normalization=np.int32(sh_normalizations[sh_normalization]), yc_width=np.int32(tables.yc_width))
+
+def _lowering(ctx, a, b, c, *graph, tables, slot, shared, unweighted, num_nodes, deterministic, sh):
+    dtype = ctx.avals_in[0].dtype
+    consts, attrs = _tables_and_attrs(tables, slot == SLOT_X, dtype, shared=shared, unweighted=unweighted,
+                                      num_nodes=num_nodes, sh=sh)
 
     def body(a, b, c, *graph):
         empty = jnp.zeros((0,), jnp.int32)
@@ -346,7 +349,9 @@ def _lowering(ctx, a, b, c, *graph, tables, slot, shared, unweighted, num_nodes,
         # at every edge, so the channelwise kernel takes the sender-sorted lists in both modes.
         if graph and slot in (SLOT_X, SLOT_Z) and (deterministic or (slot == SLOT_X and tables.kernel == KERNEL_UVU)):
             seg = _edge_lists(receivers if slot == SLOT_Z else senders, num_nodes)
-        return [call(a, b, c, senders, receivers, *seg, *consts)]
+        out = jax.ffi.ffi_call("jbm_tp", jax.ShapeDtypeStruct(ctx.avals_out[0].shape, dtype))(
+            a, b, c, senders, receivers, *seg, *consts, slot=np.int32(slot), **attrs)
+        return [out]
 
     return mlir.lower_fun(body, multiple_results=True)(ctx, a, b, c, *graph)
 
@@ -355,33 +360,77 @@ ffi.register_lowering_rule(tp_p, _lowering, "jbm_tp")
 ffi.register_lowering_rule(conv_p, _lowering, "jbm_tp")
 
 
-def _jvp_in(k):
-    """Tangent from operand k: the same call with operand k replaced by its tangent."""
-
-    def rule(t, *ops, **params):
-        ops = list(ops)
-        target = _slots_of(params["slot"])[k]
-        if target == SLOT_Y and params["sh"] is not None:
-            # y = Y(vectors): the tangent of y is J(vectors)·t, and the call takes it as data.
-            l_max, normalize, normalization = params["sh"]
-            t = sh_jvp_p.bind(ops[k], t, l_max=l_max, normalize=normalize, normalization=normalization)
-            params = dict(params, sh=None)
-        ops[k] = t
-        # Paths without weights don't depend on w: they drop out once w's slot holds a tangent.
-        if target == SLOT_W:
-            params = dict(params, unweighted=False)
-        return _prim(params["num_nodes"]).bind(*ops, **params)
-
-    return rule
+# ---- derivatives ----------------------------------------------------------------------------------
+#
+# The tangent of a call is a sum of calls, one per non-zero operand tangent. With one tangent that is a
+# single call; with several, the sum is bound as ``tp_lin_p`` (operands, then the tangents, then the
+# graph), whose transpose sees every cotangent asked for at once and can fuse them: the y and weight
+# gradients of a channelwise product share their reads of x, z and the weights, and run as one kernel
+# (``tp_yw_p``, FFI target jbm_tp_yw) — the fwd+bwd and force-training steps' largest pieces.
 
 
-ad.defjvp(tp_p, _jvp_in(0), _jvp_in(1), _jvp_in(2))
-ad.defjvp(conv_p, _jvp_in(0), _jvp_in(1), _jvp_in(2), None, None)  # indices: no tangent
+def _term_params(params, target):
+    """Parameters of the term whose operand in slot ``target`` holds a tangent."""
+    if target == SLOT_W:  # paths without weights don't depend on w
+        params = dict(params, unweighted=False)
+    if target == SLOT_Y and params["sh"] is not None:  # the tangent of y = Y(vectors) is data (J·t)
+        params = dict(params, sh=None)
+    return params
+
+
+def _zero_like(x):
+    return ad.Zero(jax.core.get_aval(x).to_tangent_aval())
+
+
+def _operand_tangent(ops, k, t, params):
+    """Tangent that operand k's term takes in its slot (through the SH Jacobian when y is vectors)."""
+    if _slots_of(params["slot"])[k] == SLOT_Y and params["sh"] is not None:
+        l_max, normalize, normalization = params["sh"]
+        return sh_jvp_p.bind(ops[k], t, l_max=l_max, normalize=normalize, normalization=normalization)
+    return t
+
+
+def _jvp(primals, tangents, **params):
+    ops, graph = list(primals[:3]), list(primals[3:])
+    prim = _prim(params["num_nodes"])
+    out = prim.bind(*ops, *graph, **params)
+    which = [k for k in range(3) if type(tangents[k]) is not ad.Zero]
+    ts = [_operand_tangent(ops, k, tangents[k], params) for k in which]
+    if not which:
+        return out, _zero_like(out)
+    if len(which) == 1:
+        (k,), (t,) = which, ts
+        term = list(ops)
+        term[k] = t
+        return out, prim.bind(*term, *graph, **_term_params(params, _slots_of(params["slot"])[k]))
+    return out, tp_lin_p.bind(*ops, *ts, *graph, which=tuple(which), **params)
+
+
+ad.primitive_jvps[tp_p] = _jvp
+ad.primitive_jvps[conv_p] = _jvp
+
+
+def _transpose_term(ct, by_slot, target, graph, params):
+    """Cotangent of the operand in slot ``target`` given the cotangent ``ct`` of the output slot:
+    the same contraction with ``ct`` in the output's place (``by_slot``: the call's operands by slot)."""
+    slot = params["slot"]
+    by_slot = {s: op for s, op in by_slot.items() if s != target}
+    by_slot[slot] = ct
+    # A cotangent moving into w's slot is not the weights: paths without weights drop out.
+    if slot == SLOT_W:
+        params = dict(params, unweighted=False)
+    params = dict(params, slot=target)
+    # The GPU sums a shared-weight gradient across blocks with atomics; the deterministic mode takes
+    # the per-edge gradients instead and reduces them in XLA (a fixed-order reduction).
+    per_row = target == SLOT_W and params["shared"] and params["deterministic"]
+    if per_row:
+        params["shared"] = False
+    result = _prim(params["num_nodes"]).bind(*[by_slot[s] for s in _slots_of(target)], *graph, **params)
+    return result.sum(axis=0) if per_row else result
 
 
 def _transpose(ct, *ops, **params):
-    slot = params["slot"]
-    slots = _slots_of(slot)
+    slots = _slots_of(params["slot"])
     graph = list(ops[3:])
     ops = ops[:3]
     undefined = [k for k, op in enumerate(ops) if ad.is_undefined_primal(op)]
@@ -394,26 +443,174 @@ def _transpose(ct, *ops, **params):
     if type(ct) is ad.Zero:
         result = ad.Zero(ops[k].aval)
     else:
-        by_slot = {s: op for s, op in zip(slots, ops)}
-        by_slot[slot] = ct
-        del by_slot[target]
-        # A cotangent moving into w's slot is not the weights: paths without weights drop out.
-        if slot == SLOT_W:
-            params = dict(params, unweighted=False)
-        params = dict(params, slot=target)
-        # The GPU sums a shared-weight gradient across blocks with atomics; the deterministic mode takes
-        # the per-edge gradients instead and reduces them in XLA (a fixed-order reduction).
-        per_row = target == SLOT_W and params["shared"] and params["deterministic"]
-        if per_row:
-            params["shared"] = False
-        result = _prim(params["num_nodes"]).bind(*[by_slot[s] for s in _slots_of(target)], *graph, **params)
-        if per_row:
-            result = result.sum(axis=0)
+        result = _transpose_term(ct, dict(zip(slots, ops)), target, graph, params)
     return [result if j == k else None for j in range(3)] + [None] * len(graph)
 
 
 ad.primitive_transposes[tp_p] = _transpose
 ad.primitive_transposes[conv_p] = _transpose
+
+
+# ---- tp_lin_p: the sum of a call's tangent terms -------------------------------------------------
+
+tp_lin_p = Primitive("jbm_tensor_product_linearized")
+
+
+def _lin_split(args, which):
+    n = len(which)
+    return list(args[:3]), list(args[3:3 + n]), list(args[3 + n:])
+
+
+def _lin_sum(*args, which, **params):
+    """Σ over the tangents: the call with operand ``which[i]`` replaced by tangent ``i``."""
+    ops, ts, graph = _lin_split(args, which)
+    total = None
+    for k, t in zip(which, ts):
+        term = list(ops)
+        term[k] = t
+        out = _prim(params["num_nodes"]).bind(*term, *graph, **_term_params(params, _slots_of(params["slot"])[k]))
+        total = out if total is None else total + out
+    return total
+
+
+def _lin_abstract(*args, which, **params):
+    ops, _, graph = _lin_split(args, which)
+    return _abstract(*ops, *graph, **params)
+
+
+def _lin_jvp(primals, tangents, *, which, **params):
+    ops, ts, graph = _lin_split(primals, which)
+    dops, dts, _ = _lin_split(tangents, which)
+    out, tangent = 0, None
+    for k, t, dt in zip(which, ts, dts):
+        term, dterm = list(ops), list(dops)
+        term[k], dterm[k] = t, dt
+        o, to = _jvp(term + graph, dterm + [None] * len(graph), **_term_params(params, _slots_of(params["slot"])[k]))
+        out = out + o
+        tangent = to if tangent is None else ad.add_tangents(tangent, to)
+    return out, tangent
+
+
+def _yw_fusable(params, undefined_targets):
+    return ({SLOT_Y, SLOT_W} <= set(undefined_targets) and params["slot"] in (SLOT_X, SLOT_Z) and not params["shared"]
+            and params["tables"].kernel == KERNEL_UVU)
+
+
+def _lin_transpose(ct, *args, which, **params):
+    ops, ts, graph = _lin_split(args, which)
+    if any(ad.is_undefined_primal(a) for a in ops + graph):
+        raise ValueError("the tensor product's linearization is linear in its tangents only")
+    slots = _slots_of(params["slot"])
+    undefined = {slots[k]: i for i, k in enumerate(which) if ad.is_undefined_primal(ts[i])}
+    cts = [None] * len(ts)
+    if type(ct) is ad.Zero:
+        cts = [ad.Zero(t.aval) if ad.is_undefined_primal(t) else None for t in ts]
+        return [None] * 3 + cts + [None] * len(graph)
+    by_slot = dict(zip(slots, ops))
+    if _yw_fusable(params, undefined):
+        x = ct if params["slot"] == SLOT_X else by_slot[SLOT_X]
+        z = ct if params["slot"] == SLOT_Z else by_slot[SLOT_Z]
+        dy, dw = tp_yw_p.bind(x, by_slot[SLOT_Y], by_slot[SLOT_W], z, *graph, tables=params["tables"],
+                              unweighted=params["unweighted"], num_nodes=params["num_nodes"],
+                              deterministic=params["deterministic"], sh=params["sh"])
+        cts[undefined.pop(SLOT_Y)], cts[undefined.pop(SLOT_W)] = dy, dw
+    for target, i in undefined.items():
+        term_params = _term_params(params, target)
+        cts[i] = _transpose_term(ct, by_slot, target, graph, term_params)
+    return [None] * 3 + cts + [None] * len(graph)
+
+
+def _lin_batch(args, dims, *, which, **params):
+    f = lambda *a: _lin_sum(*a, which=which, **params)  # noqa: E731
+    return jax.vmap(f, in_axes=tuple(dims))(*args), 0
+
+
+tp_lin_p.def_abstract_eval(_lin_abstract)
+ffi.define_impl(tp_lin_p)
+for _platform in ("cpu", "cuda"):
+    mlir.register_lowering(tp_lin_p, mlir.lower_fun(_lin_sum, multiple_results=False), platform=_platform)
+ad.primitive_jvps[tp_lin_p] = _lin_jvp
+ad.primitive_transposes[tp_lin_p] = _lin_transpose
+batching.primitive_batchers[tp_lin_p] = _lin_batch
+
+
+# ---- tp_yw_p: the y and weight gradients in one pass ---------------------------------------------
+#
+# Operands x, y, w, z (the output slot's cotangent in x's or z's place), then the graph; results
+# (dy, dw) = (slot-y call on x, w, z; slot-w call on x, y, z), per-row weights. y may be edge vectors
+# (sh): only dw reads it, and dy is the gradient with respect to the spherical harmonics' values.
+
+tp_yw_p = Primitive("jbm_tensor_product_yw")
+tp_yw_p.multiple_results = True
+
+
+def _yw_calls(x, y, w, z, *graph, tables, unweighted, num_nodes, deterministic, sh):
+    """The two calls tp_yw_p fuses: (operands, params) each."""
+    base = dict(tables=tables, shared=False, num_nodes=num_nodes, deterministic=deterministic)
+    return (((x, w, z), dict(base, slot=SLOT_Y, unweighted=unweighted, sh=None)),
+            ((x, y, z), dict(base, slot=SLOT_W, unweighted=False, sh=sh)))
+
+
+def _yw_split(*args, **params):
+    graph = list(args[4:])
+    return [_prim(params["num_nodes"]).bind(*ops, *graph, **p) for ops, p in _yw_calls(*args, **params)]
+
+
+def _yw_abstract(x, y, w, z, *graph, tables, num_nodes, **params):
+    rows = graph[0].shape if graph else x.shape[:-1]
+    dim_y, num_w = tables.dims[1], tables.dims[3]
+    return [jax.core.ShapedArray(rows + (dim_y,), x.dtype), jax.core.ShapedArray(rows + (num_w,), x.dtype)]
+
+
+def _yw_jvp(primals, tangents, **params):
+    graph = list(primals[4:])
+    outs, tans = [], []
+    positions = ((0, 2, 3), (0, 1, 3))  # operands of the y and w calls among (x, y, w, z)
+    for pos, (_, p) in zip(positions, _yw_calls(*primals, **params)):
+        o, t = _jvp([primals[i] for i in pos] + graph, [tangents[i] for i in pos] + [None] * len(graph), **p)
+        outs.append(o)
+        tans.append(t)
+    return outs, tans
+
+
+def _yw_transpose(cts, *args, **params):
+    graph = list(args[4:])
+    result = [None] * 4
+    positions = ((0, 2, 3), (0, 1, 3))
+    for ct, pos, (ops, p) in zip(cts, positions, _yw_calls(*args, **params)):
+        if type(ct) is ad.Zero:
+            continue
+        for i, r in zip(pos, _transpose(ct, *ops, *graph, **p)[:3]):
+            if r is not None and type(r) is not ad.Zero:
+                result[i] = r if result[i] is None else result[i] + r
+    return result + [None] * len(graph)
+
+
+def _yw_batch(args, dims, **params):
+    f = lambda *a: _yw_split(*a, **params)  # noqa: E731
+    return jax.vmap(f, in_axes=tuple(dims))(*args), [0, 0]
+
+
+def _yw_lowering(ctx, x, y, w, z, *graph, tables, unweighted, num_nodes, deterministic, sh):
+    dtype = ctx.avals_in[0].dtype
+    consts, attrs = _tables_and_attrs(tables, False, dtype, shared=False, unweighted=unweighted,
+                                      num_nodes=num_nodes, sh=sh)
+
+    def body(x, y, w, z, *graph):
+        empty = jnp.zeros((0,), jnp.int32)
+        senders, receivers = graph if graph else (empty, empty)
+        outs = [jax.ShapeDtypeStruct(aval.shape, dtype) for aval in ctx.avals_out]
+        return list(jax.ffi.ffi_call("jbm_tp_yw", outs)(x, y, w, z, senders, receivers, empty, empty, *consts, **attrs))
+
+    return mlir.lower_fun(body, multiple_results=True)(ctx, x, y, w, z, *graph)
+
+
+ffi.register_lowering_rule(tp_yw_p, _yw_lowering, "jbm_tp_yw")
+tp_yw_p.def_abstract_eval(_yw_abstract)
+ffi.define_impl(tp_yw_p)
+ad.primitive_jvps[tp_yw_p] = _yw_jvp
+ad.primitive_transposes[tp_yw_p] = _yw_transpose
+batching.primitive_batchers[tp_yw_p] = _yw_batch
 
 
 def _batch(args, dims, *, tables, slot, shared, unweighted, num_nodes, deterministic, sh):
