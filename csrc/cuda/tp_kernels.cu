@@ -684,16 +684,28 @@ __device__ void uvu_edge_y_path(const TpCall& c, const TpPath& p, T pw, const Ed
   const T* w_base = w + (c.shared_w ? 0 : e * c.num_w) + p.off_w;
   T b[D1 * DO];
   for (int q = 0; q < D1 * DO; ++q) b[q] = T(0);
-#pragma unroll(W_GRAD ? 1 : 2)
-  for (int32_t u = lane; u < p.mul1; u += 32) {
-    T xs[D1], zs[DO];
-    for (int i = 0; i < D1; ++i) xs[i] = x_base[int64_t(u) * D1 + i];
-    for (int k = 0; k < DO; ++k) zs[k] = z_base[int64_t(u) * DO + k];
-    if constexpr (W_GRAD)
-      if (weighted)  // M read from shared memory per channel: registers are this kernel's limit
-        dw[e * c.num_w + p.off_w + u] =
-            core::uvu_channel_contracted<L1, LO, TpSlot::kW>(xs, zs, m_row, T(1), static_cast<T*>(nullptr));
-    core::uvu_outer_add<L1, LO>(xs, zs, weighted ? w_base[u] : T(1), b);
+  // R channels per lane at a time, all their loads issued before any use: the gathered rows come from
+  // L2, and a lane waiting on one channel at a time is latency-bound.
+  constexpr int R = sizeof(T) == 4 ? 4 : 2;
+  for (int32_t u0 = lane; u0 < p.mul1; u0 += 32 * R) {
+    T xs[R][D1], zs[R][DO], ws[R];
+#pragma unroll
+    for (int q = 0; q < R; ++q) {
+      const int32_t u = u0 + 32 * q;
+      const bool ok = u < p.mul1;
+      for (int i = 0; i < D1; ++i) xs[q][i] = ok ? x_base[int64_t(u) * D1 + i] : T(0);
+      for (int k = 0; k < DO; ++k) zs[q][k] = ok ? z_base[int64_t(u) * DO + k] : T(0);
+      ws[q] = ok && weighted ? w_base[u] : T(1);
+    }
+#pragma unroll
+    for (int q = 0; q < R; ++q) {
+      const int32_t u = u0 + 32 * q;
+      if constexpr (W_GRAD)
+        if (weighted && u < p.mul1)  // M read from shared memory per channel: registers are the limit
+          dw[e * c.num_w + p.off_w + u] =
+              core::uvu_channel_contracted<L1, LO, TpSlot::kW>(xs[q], zs[q], m_row, T(1), static_cast<T*>(nullptr));
+      core::uvu_outer_add<L1, LO>(xs[q], zs[q], ws[q], b);  // a missing channel has x = 0
+    }
   }
   T v[N];
   for (int j = 0; j < N; ++j) v[j] = T(0);
@@ -892,7 +904,8 @@ bool launch_uvu_edges(cudaStream_t stream, const TpCall& c, const TpPath* paths,
 template <typename T>
 bool launch_uvu_edges_y(cudaStream_t stream, const TpCall& c, const TpPath* paths, const T* pw, const T* x, const T* y,
                         const T* w, const T* z, T* out, T* dw, cudaError_t* err) {
-  const bool with_w = dw != nullptr;
+  const bool with_w = true;
+  if (dw == nullptr) return false;
   // Entry ids are int32 in the staging (graph calls have int32 edge counts; plain ones are capped here).
   if (c.kernel != core::TpKernel::kUvu || c.rows > (int64_t(1) << 31) - 2 * kMaxEdgeChunk) return false;
   if (with_w && c.shared_w) return false;
@@ -905,8 +918,8 @@ bool launch_uvu_edges_y(cudaStream_t stream, const TpCall& c, const TpPath* path
   }
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((c.rows + size - 1) / size, int64_t(1) << 20));
   if (blocks == 0) return true;
-  auto kernel = !with_w ? tp_uvu_edge_y_kernel<T, false, false>
-                : c.sh_lmax >= 0 ? tp_uvu_edge_y_kernel<T, true, true> : tp_uvu_edge_y_kernel<T, true, false>;
+  // (W_GRAD = false, the y gradient alone, is not launched yet: see launch_tp_yw.)
+  auto kernel = c.sh_lmax >= 0 ? tp_uvu_edge_y_kernel<T, true, true> : tp_uvu_edge_y_kernel<T, true, false>;
   kernel<<<blocks, kThreads, edge_chunk_bytes(c, size, sizeof(T), with_w), stream>>>(c, size, paths, pw, x, y, w, z,
                                                                                      out, dw);
   *err = cudaGetLastError();
@@ -945,8 +958,6 @@ cudaError_t launch(cudaStream_t stream, const TpCall& c, const TpPath* paths, co
       return err;
     if (c.segmented()) return launch_segmented<SLOT, T>(stream, c, paths, cg_ijk, cg_c, pw, ops, out);
   }
-  if constexpr (SLOT == TpSlot::kY)
-    if (launch_uvu_edges_y<T>(stream, c, paths, pw, ops[0], nullptr, ops[2], ops[3], out, nullptr, &err)) return err;
   if constexpr (SLOT == TpSlot::kW)
     if (c.nodes >= 0 && !c.shared_w && c.kernel == core::TpKernel::kUvu &&
         launch_uvu_edges<SLOT, T>(stream, c, paths, pw, ops, out, &err))
@@ -990,7 +1001,10 @@ template <typename T>
 cudaError_t launch_tp_yw(cudaStream_t stream, const TpCall& cy, const TpCall& cw, const TpPath* paths,
                          const int32_t* cg_ijk, const T* cg_c, const T* pw, const T* x, const T* y, const T* w,
                          const T* z, T* dy, T* dw) {
-  if (cy.rows > 0 && cy.num_items > 0) {
+  // Measured on H100 (benchmarks/NOTES.md, session 6): the fused pass wins on graph calls (MACE-medium
+  // conv, dy+dw 1.12 ms against 1.66 for the two kernels); the y gradient alone and plain products keep
+  // the row kernels until the edge kernel is measured faster there.
+  if (cy.nodes >= 0 && cy.rows > 0 && cy.num_items > 0) {
     TpCall fused = cy;  // slot y, with the weight gradient's view of y (data or SH of edge vectors)
     fused.sh_lmax = cw.sh_lmax;
     fused.sh_normalize = cw.sh_normalize;
