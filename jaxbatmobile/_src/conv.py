@@ -24,6 +24,9 @@ Two ways to sum over edges on the GPU:
 On the GPU, channelwise (uvu) products contract y with each path's CG block once per edge in shared
 memory (csrc/core/tp_uvu.h, uvu_contract_y); every channel then runs a small dense product.
 
+When a gradient asks for both edge_attrs (or edge_vectors) and edge_weights, the two come from one
+pass over the edges (tensor_product.tp_yw_p): x, the output cotangent and the weights are read once.
+
 On the CPU both modes sum in a fixed order (edge order, or node by node), so results are reproducible.
 
 ``sh_conv`` is the same with ``edge_attrs = spherical_harmonics(edge_vectors)`` evaluated in the kernel
