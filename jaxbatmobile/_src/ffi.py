@@ -26,6 +26,17 @@ if _cuda is not None:
         jax.ffi.register_ffi_target(_name, _capsule, platform="CUDA")
 
 
+def export_disabled_checks() -> list:
+    """``jax.export`` safety checks to disable for our custom calls: pass as
+    ``jax.export.export(f, disabled_checks=jaxbatmobile.export_disabled_checks())``.
+
+    jax only serializes custom calls it guarantees itself; ours are stable by name and operand layout
+    within one jaxbatmobile version, and the deserializing process must import jaxbatmobile (which
+    registers the targets) before calling the artifact.
+    """
+    return [jax.export.DisabledSafetyCheck.custom_call(name) for name in sorted(_cpu.registrations())]
+
+
 def build_info() -> dict:
     """What this installation was built with: platforms, GPU architectures, limits."""
     info = {"cpu": True, "cuda": _cuda is not None}
