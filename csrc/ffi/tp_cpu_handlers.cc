@@ -58,12 +58,11 @@ ffi::Error tp_yw_cpu(ffi::AnyBuffer x, ffi::AnyBuffer y, ffi::AnyBuffer w, ffi::
                                  zero_fill, num_nodes, sh_lmax, sh_normalize, sh_normalization, yc_width, &bufs_y,
                                  &call_y, &bufs_w, &call_w);
   if (error.failure()) return error;
-  for (const core::TpCall* call : {&call_y, &call_w}) {
-    ffi::Error table = check_tp_paths(*call, static_cast<const core::TpPath*>(paths.untyped_data()),
-                                      static_cast<const int32_t*>(cg_ijk.untyped_data()),
-                                      static_cast<int64_t>(cg_c.element_count()));
-    if (table.failure()) return table;
-  }
+  // One table check serves both calls (its slot-dependent part concerns slots x and z only).
+  ffi::Error table = check_tp_paths(call_y, static_cast<const core::TpPath*>(paths.untyped_data()),
+                                    static_cast<const int32_t*>(cg_ijk.untyped_data()),
+                                    static_cast<int64_t>(cg_c.element_count()));
+  if (table.failure()) return table;
   if (x.element_type() == ffi::DataType::F32) {
     run<float>(call_y, bufs_y, paths, cg_ijk, cg_c, pw, *dy);
     run<float>(call_w, bufs_w, paths, cg_ijk, cg_c, pw, *dw);

@@ -390,6 +390,13 @@ def _operand_tangent(ops, k, t, params):
     return t
 
 
+def _bind_term(ops, graph, k, t, params):
+    """The call with operand k replaced by its tangent t (one term of the tangent sum)."""
+    term = list(ops)
+    term[k] = t
+    return _prim(params["num_nodes"]).bind(*term, *graph, **_term_params(params, _slots_of(params["slot"])[k]))
+
+
 def _jvp(primals, tangents, **params):
     ops, graph = list(primals[:3]), list(primals[3:])
     prim = _prim(params["num_nodes"])
@@ -399,10 +406,7 @@ def _jvp(primals, tangents, **params):
     if not which:
         return out, _zero_like(out)
     if len(which) == 1:
-        (k,), (t,) = which, ts
-        term = list(ops)
-        term[k] = t
-        return out, prim.bind(*term, *graph, **_term_params(params, _slots_of(params["slot"])[k]))
+        return out, _bind_term(ops, graph, which[0], ts[0], params)
     return out, tp_lin_p.bind(*ops, *ts, *graph, which=tuple(which), **params)
 
 
@@ -466,9 +470,7 @@ def _lin_sum(*args, which, **params):
     ops, ts, graph = _lin_split(args, which)
     total = None
     for k, t in zip(which, ts):
-        term = list(ops)
-        term[k] = t
-        out = _prim(params["num_nodes"]).bind(*term, *graph, **_term_params(params, _slots_of(params["slot"])[k]))
+        out = _bind_term(ops, graph, k, t, params)
         total = out if total is None else total + out
     return total
 
@@ -544,16 +546,20 @@ tp_yw_p = Primitive("jbm_tensor_product_yw")
 tp_yw_p.multiple_results = True
 
 
+_YW_OPERANDS = ((0, 2, 3), (0, 1, 3))  # operands of the y and w calls among (x, y, w, z)
+
+
 def _yw_calls(x, y, w, z, *graph, tables, unweighted, num_nodes, deterministic, sh):
-    """The two calls tp_yw_p fuses: (operands, params) each."""
+    """The two calls tp_yw_p fuses: (operand positions among (x, y, w, z), operands, params) each."""
     base = dict(tables=tables, shared=False, num_nodes=num_nodes, deterministic=deterministic)
-    return (((x, w, z), dict(base, slot=SLOT_Y, unweighted=unweighted, sh=None)),
-            ((x, y, z), dict(base, slot=SLOT_W, unweighted=False, sh=sh)))
+    params = (dict(base, slot=SLOT_Y, unweighted=unweighted, sh=None), dict(base, slot=SLOT_W, unweighted=False, sh=sh))
+    args = (x, y, w, z)
+    return [(pos, tuple(args[i] for i in pos), p) for pos, p in zip(_YW_OPERANDS, params)]
 
 
 def _yw_split(*args, **params):
     graph = list(args[4:])
-    return [_prim(params["num_nodes"]).bind(*ops, *graph, **p) for ops, p in _yw_calls(*args, **params)]
+    return [_prim(params["num_nodes"]).bind(*ops, *graph, **p) for _, ops, p in _yw_calls(*args, **params)]
 
 
 def _yw_abstract(x, y, w, z, *graph, tables, num_nodes, **params):
@@ -565,9 +571,8 @@ def _yw_abstract(x, y, w, z, *graph, tables, num_nodes, **params):
 def _yw_jvp(primals, tangents, **params):
     graph = list(primals[4:])
     outs, tans = [], []
-    positions = ((0, 2, 3), (0, 1, 3))  # operands of the y and w calls among (x, y, w, z)
-    for pos, (_, p) in zip(positions, _yw_calls(*primals, **params)):
-        o, t = _jvp([primals[i] for i in pos] + graph, [tangents[i] for i in pos] + [None] * len(graph), **p)
+    for pos, ops, p in _yw_calls(*primals, **params):
+        o, t = _jvp(list(ops) + graph, [tangents[i] for i in pos] + [None] * len(graph), **p)
         outs.append(o)
         tans.append(t)
     return outs, tans
@@ -576,8 +581,7 @@ def _yw_jvp(primals, tangents, **params):
 def _yw_transpose(cts, *args, **params):
     graph = list(args[4:])
     result = [None] * 4
-    positions = ((0, 2, 3), (0, 1, 3))
-    for ct, pos, (ops, p) in zip(cts, positions, _yw_calls(*args, **params)):
+    for ct, (pos, ops, p) in zip(cts, _yw_calls(*args, **params)):
         if type(ct) is ad.Zero:
             continue
         for i, r in zip(pos, _transpose(ct, *ops, *graph, **p)[:3]):
