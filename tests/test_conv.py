@@ -189,6 +189,48 @@ def test_sorted_receivers_long_runs(rng, deterministic):
         assert_close(got, want, 1e-12)
 
 
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("op", ["conv", "sh_conv"])
+def test_hub_nodes_split_across_blocks(rng, op, deterministic):
+    """A jraph-style padding node that sends and receives hundreds of edges, and nodes with exactly
+    SEGMENT_PIECE_EDGES and one more: the GPU's sorted-list kernels (both modes for the node-feature
+    gradient, deterministic mode for the output) cut such lists into pieces summed by several blocks and
+    added in a fixed order. Values and first derivatives vs the unfused reference; bitwise repeatable."""
+    from jaxbatmobile._src.tensor_product import SEGMENT_PIECE_EDGES as P
+
+    tp = _tp("mace-medium")
+    n, hub = 9, 8
+    s = [hub] * 500 + [1] * P + [2] * (P + 1) + list(rng.integers(0, n - 1, size=90))
+    r = [hub] * 500 + list(rng.integers(0, n - 1, size=P + P + 1)) + [1] * 45 + [2] * 45
+    s, r = np.asarray(s, np.int32), np.asarray(r, np.int32)
+    s[[7, 300, 520]], r[[9, 499]] = n + 2, -1  # dropped edges inside the hub's and node 1's lists
+    keep = (s >= 0) & (s < n) & (r >= 0) & (r < n)
+    e = len(s)
+    x, y, w = _inputs(rng, tp, n, e)
+    if op == "conv":
+        fn = lambda x, y, w, s=s, r=r: jb.conv(tp, x, y, w, s, r, num_nodes=n, deterministic=deterministic)  # noqa
+        ref = lambda x, y, w: _ref(tp, x, y[keep], w[keep], s[keep], r[keep], n)  # noqa: E731
+    else:
+        y = _vectors(rng, e)
+        fn = lambda x, y, w: jb.sh_conv(tp, x, y, w, s, r, num_nodes=n, deterministic=deterministic)  # noqa
+        ref = lambda x, y, w: _ref(tp, x, e3nn.spherical_harmonics(SH3, y[keep], True).array, w[keep],  # noqa
+                                   s[keep], r[keep], n)
+    dz = rng.normal(size=(n, tp.irreps_out.dim))
+
+    @jax.jit
+    def run(x, y, w):
+        out, vjp = jax.vjp(fn, x, y, w)
+        return (out, *vjp(dz))
+
+    got = run(x, y, w)
+    out, vjp = jax.vjp(ref, x, y, w)
+    for a, b in zip(got, (out, *vjp(dz))):
+        assert_close(a, b, 1e-12)
+    if deterministic:
+        for a, b in zip(got, run(x, y, w)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("op", ["conv", "sh_conv", "tp"])
 def test_fused_y_and_weight_gradients(rng, op, dtype):

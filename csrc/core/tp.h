@@ -163,6 +163,15 @@ struct TpCall {
   // Channelwise kernel: elements of one row's y-contracted CG blocks, all paths
   // (sum of uvu_contracted_stride(dim1, dim_out), csrc/core/tp_uvu.h); sizes the GPU's shared memory.
   int32_t yc_width;
+  // Long edge lists split across blocks (deterministic scatter on the channelwise GPU kernel): node n's
+  // list is cut into 1 + q(n) pieces of near-equal length, seg_pieces[n] = q(0) + ... + q(n-1)
+  // ([nodes + 1]; null: one piece per node). Piece 0 writes the node's row, piece j > 0 the row
+  // seg_pieces[n] + j - 1 of seg_scratch ([seg_scratch_rows, out_width()], the operands' dtype), and a
+  // second pass adds those rows to the node's in order: still one fixed order, but a padding node with
+  // hundreds of edges no longer holds one block for the whole kernel.
+  const int32_t* seg_pieces = nullptr;
+  void* seg_scratch = nullptr;
+  int64_t seg_scratch_rows = 0;
   JBM_HD bool segmented() const { return seg_offsets != nullptr && scatters(); }
   JBM_HD int64_t y_width() const { return sh_lmax >= 0 ? 3 : dim_y; }
   JBM_HD bool scatters() const { return nodes >= 0 && (slot == TpSlot::kX || slot == TpSlot::kZ); }

@@ -330,6 +330,54 @@ __device__ inline void segment_range(const TpCall& c, int64_t n, int64_t* begin,
   *end = min(max(int64_t(c.seg_offsets[n + 1]), *begin), c.rows);
 }
 
+// Unit u of a deterministic launch on the channelwise kernel: piece j of node n's edge list
+// (TpCall::seg_pieces; without them, node u whole), where n + seg_pieces[n] <= u < n + 1 + seg_pieces[n + 1].
+// Sets the piece's edge range and its row: the node's output row (piece 0) or, with *in_scratch, a
+// scratch row; returns false past the last piece (or for a scratch row beyond the buffer: the tables
+// are device data).
+__device__ inline bool segment_piece(const TpCall& c, int64_t u, int64_t* node, int64_t* row, bool* in_scratch,
+                                     int64_t* begin, int64_t* end) {
+  *in_scratch = false;
+  if (!c.seg_pieces) {
+    if (u >= c.nodes) return false;
+    *node = *row = u;
+    segment_range(c, u, begin, end);
+    return true;
+  }
+  if (u >= c.nodes + c.seg_pieces[c.nodes]) return false;
+  int64_t lo = 0, hi = c.nodes - 1;  // the last n with n + seg_pieces[n] <= u
+  while (lo < hi) {
+    const int64_t mid = (lo + hi + 1) / 2;
+    if (mid + c.seg_pieces[mid] <= u) lo = mid; else hi = mid - 1;
+  }
+  const int64_t n = lo, j = u - n - c.seg_pieces[n], pieces = 1 + c.seg_pieces[n + 1] - c.seg_pieces[n];
+  if (j < 0 || j >= pieces) return false;
+  int64_t b, e;
+  segment_range(c, n, &b, &e);
+  *node = n;
+  *row = j == 0 ? n : c.seg_pieces[n] + j - 1;
+  *in_scratch = j > 0;
+  *begin = b + j * (e - b) / pieces;
+  *end = b + (j + 1) * (e - b) / pieces;
+  return j == 0 || *row < c.seg_scratch_rows;
+}
+
+// Adds the scratch rows of split nodes to their output rows, in piece order (deterministic).
+template <typename T>
+__global__ void __launch_bounds__(kThreads) add_segment_pieces(TpCall c, T* __restrict__ out) {
+  const T* scratch = static_cast<const T*>(c.seg_scratch);
+  const int64_t width = c.out_width();
+  for (int64_t n = blockIdx.x; n < c.nodes; n += gridDim.x) {
+    const int64_t first = max(int64_t(c.seg_pieces[n]), int64_t(0));
+    const int64_t last = min(int64_t(c.seg_pieces[n + 1]), c.seg_scratch_rows);
+    for (int64_t k = threadIdx.x; first < last && k < width; k += blockDim.x) {
+      T v = out[n * width + k];
+      for (int64_t r = first; r < last; ++r) v += scratch[r * width + k];
+      out[n * width + k] = v;
+    }
+  }
+}
+
 // Operands of one staged edge t: the gathered row (x for slot z, z for slot x), y, w.
 template <TpSlot SLOT, typename T>
 struct EdgeRows {
@@ -347,7 +395,9 @@ struct EdgeRows {
 // ---- the convolution's scatter on the channelwise kernel: edge chunks, y contracted per edge ----------
 //
 // Slots z and x of a graph call (TpKernel::kUvu), in both modes:
-// * deterministic (TpCall::segmented): a block per target node, over its edge list, storing the row;
+// * deterministic (TpCall::segmented): a block per target node, over its edge list, storing the row
+//   (a list longer than Python's SEGMENT_PIECE_EDGES is cut into pieces, one block each: the later
+//   pieces write scratch rows that add_segment_pieces adds in order; see TpCall::seg_pieces);
 // * atomic: a block per chunk of consecutive edges in the caller's order; consecutive edges with the same
 //   target (receiver-sorted edges: a node's whole list) are summed in registers and added with one
 //   atomic per element and run, not one per edge.
@@ -433,9 +483,10 @@ __device__ __forceinline__ void load_aligned(const T* src, T* dst) {
 // Stages entries [k0, k0 + count) of unit `unit` (deterministic: node `unit`'s list; atomic: edges in
 // order; count <= 32) and contracts y with every path's CG block per edge; returns after the block has
 // synced. Warp 0 compacts the valid entries and finds the runs with ballots (no serial scan).
+// Deterministic: `unit` is the node whose list is staged, `det_row` the row its runs write.
 template <TpSlot SLOT, typename T, bool SH, bool CONTRACT = SLOT != TpSlot::kY>
-__device__ void stage_edge_chunk(const TpCall& c, bool det, int64_t unit, int64_t k0, int count, const TpPath* paths,
-                                 const T* pw, const T* y, EdgeChunk ch) {
+__device__ void stage_edge_chunk(const TpCall& c, bool det, int64_t unit, int64_t det_row, int64_t k0, int count,
+                                 const TpPath* paths, const T* pw, const T* y, EdgeChunk ch) {
   static_assert(kMaxEdgeChunk <= 32, "one warp stages a chunk");
   if (threadIdx.x < 32) {
     const int t = threadIdx.x;
@@ -447,7 +498,7 @@ __device__ void stage_edge_chunk(const TpCall& c, bool det, int64_t unit, int64_
       e = det && c.seg_edges ? c.seg_edges[k] : k;
       ok = det ? c.segment_edge(e, unit, &rx, &rz) : c.edge_rows(e, &rx, &rz);
     }
-    const int32_t target = static_cast<int32_t>(det ? unit : ok ? c.out_row(e, rx, rz) : -1);
+    const int32_t target = static_cast<int32_t>(det ? det_row : ok ? c.out_row(e, rx, rz) : -1);
     const unsigned valid = __ballot_sync(all, ok);
     const int slot = __popc(valid & below);
     const int prev = 31 - __clz(valid & below);  // previous valid lane, -1 if none
@@ -472,7 +523,7 @@ __device__ void stage_edge_chunk(const TpCall& c, bool det, int64_t unit, int64_
       *ch.num_runs = num_runs;
       if (det && num_runs == 0) {  // no valid edge: one empty run, so that the node's row is stored
         ch.runs[1] = 0;
-        ch.run_target[0] = static_cast<int32_t>(unit);
+        ch.run_target[0] = static_cast<int32_t>(det_row);
         *ch.num_runs = 1;
       }
     }
@@ -601,19 +652,22 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_edge_kernel(TpCall c, int chu
   if (ch.m_off[c.num_paths] != c.yc_width) return;
 
   const bool det = c.segmented();
-  const int64_t units = det ? c.nodes : (c.rows + chunk_size - 1) / chunk_size;
+  // deterministic: pieces of node lists (an upper bound; segment_piece skips the units past the last)
+  const int64_t units = det ? c.nodes + (c.seg_pieces ? c.seg_scratch_rows : 0) : (c.rows + chunk_size - 1) / chunk_size;
   for (int64_t unit = blockIdx.x; unit < units; unit += gridDim.x) {
-    int64_t begin = unit * chunk_size, end = min(begin + chunk_size, c.rows);
-    if (det) segment_range(c, unit, &begin, &end);
+    int64_t begin = unit * chunk_size, end = min(begin + chunk_size, c.rows), node = unit, row = unit;
+    bool in_scratch = false;
+    if (det && !segment_piece(c, unit, &node, &row, &in_scratch, &begin, &end)) continue;  // uniform over the block
+    T* dst = in_scratch ? static_cast<T*>(c.seg_scratch) : out;
     for (int64_t k0 = begin;; k0 += chunk_size) {  // at least once: a node without edges stores zeros
       const int count = static_cast<int>(min(int64_t(chunk_size), end - k0));
-      stage_edge_chunk<SLOT, T, SH>(c, det, unit, k0, count, paths, pw, y, ch);
+      stage_edge_chunk<SLOT, T, SH>(c, det, node, row, k0, count, paths, pw, y, ch);
       if constexpr (SLOT == TpSlot::kW) {
         uvu_edge_weights(c, paths, ch, k0, count, x, z, out);
       } else {
         const Store how = !det ? Store::kAtomicAdd : k0 > begin ? Store::kAdd : Store::kSet;
         for_each_block_run<SLOT>(c, paths, [&](int32_t first, int32_t last, int32_t u, auto lt) {
-          uvu_edge_block<SLOT, decltype(lt)::value>(c, paths, first, last, u, ch, x, w, z, out, how);
+          uvu_edge_block<SLOT, decltype(lt)::value>(c, paths, first, last, u, ch, x, w, z, dst, how);
         });
       }
       __syncthreads();  // the chunk's staging is reused
@@ -749,7 +803,7 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_edge_y_kernel(TpCall c, int c
   for (int64_t unit = blockIdx.x; unit < units; unit += gridDim.x) {
     const int64_t k0 = unit * chunk_size;
     const int count = static_cast<int>(min(int64_t(chunk_size), c.rows - k0));
-    stage_edge_chunk<TpSlot::kY, T, SH, W_GRAD>(c, false, unit, k0, count, paths, pw, y, ch);
+    stage_edge_chunk<TpSlot::kY, T, SH, W_GRAD>(c, false, unit, unit, k0, count, paths, pw, y, ch);
     const int valid = ch.runs[*ch.num_runs];
     for (int i = threadIdx.x; i < valid * c.dim_y; i += blockDim.x) dy_rows[i] = T(0);
     __syncthreads();
@@ -887,7 +941,13 @@ bool launch_uvu_edges(cudaStream_t stream, const TpCall& c, const TpPath* paths,
     *err = cudaMemsetAsync(out, 0, c.out_rows() * c.out_width() * sizeof(T), stream);
     if (*err != cudaSuccess) return true;
   }
-  const int64_t units = det ? c.nodes : (c.rows + size - 1) / size;
+  // Split node lists: their later pieces' scratch rows, added to the nodes' rows after the kernel.
+  const bool pieces = det && c.seg_pieces && c.seg_scratch_rows > 0;
+  if (pieces && (c.zero_fill >> static_cast<int>(SLOT)) & 1) {  // elements no path writes stay zero
+    *err = cudaMemsetAsync(c.seg_scratch, 0, c.seg_scratch_rows * c.out_width() * sizeof(T), stream);
+    if (*err != cudaSuccess) return true;
+  }
+  const int64_t units = det ? c.nodes + (pieces ? c.seg_scratch_rows : 0) : (c.rows + size - 1) / size;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(units, int64_t(1) << 20));
   *err = cudaSuccess;
   if (blocks == 0) return true;
@@ -895,6 +955,10 @@ bool launch_uvu_edges(cudaStream_t stream, const TpCall& c, const TpPath* paths,
   kernel<<<blocks, kThreads, edge_chunk_bytes(c, size, sizeof(T)), stream>>>(c, size, paths, pw, ops[0], ops[1],
                                                                             ops[2], ops[3], out);
   *err = cudaGetLastError();
+  if (*err == cudaSuccess && pieces) {
+    add_segment_pieces<T><<<static_cast<unsigned>(std::min<int64_t>(c.nodes, int64_t(1) << 20)), kThreads, 0, stream>>>(c, out);
+    *err = cudaGetLastError();
+  }
   return true;
 }
 

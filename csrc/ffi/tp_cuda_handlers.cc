@@ -22,14 +22,14 @@ cudaError_t run(cudaStream_t s, const core::TpCall& c, const TpBuffers& bufs, co
 }
 
 ffi::Error tp_cuda(cudaStream_t stream, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer c, ffi::AnyBuffer senders,
-                  ffi::AnyBuffer receivers, ffi::AnyBuffer seg_offsets, ffi::AnyBuffer seg_edges, ffi::AnyBuffer paths,
-                   ffi::AnyBuffer cg_ijk, ffi::AnyBuffer cg_c, ffi::AnyBuffer pw, ffi::Result<ffi::AnyBuffer> out, int32_t slot,
+                  ffi::AnyBuffer receivers, ffi::AnyBuffer seg_offsets, ffi::AnyBuffer seg_edges, ffi::AnyBuffer seg_pieces, ffi::AnyBuffer paths,
+                   ffi::AnyBuffer cg_ijk, ffi::AnyBuffer cg_c, ffi::AnyBuffer pw, ffi::Result<ffi::AnyBuffer> out, ffi::Result<ffi::AnyBuffer> scratch, int32_t slot,
                    int32_t shared_w, int32_t with_unweighted, int32_t dim_x, int32_t dim_y, int32_t dim_z, int32_t num_w,
                    int64_t num_items, int32_t kernel, int32_t zero_fill, int64_t num_nodes,
                    int32_t sh_lmax, int32_t sh_normalize, int32_t sh_normalization, int32_t yc_width) {
   TpBuffers bufs;
   core::TpCall call;
-  ffi::Error error = check_tp(a, b, c, senders, receivers, seg_offsets, seg_edges, paths, cg_ijk, cg_c, pw, *out, slot, shared_w, with_unweighted, dim_x, dim_y, dim_z, num_w, num_items, kernel, zero_fill, num_nodes,
+  ffi::Error error = check_tp(a, b, c, senders, receivers, seg_offsets, seg_edges, seg_pieces, &*scratch, paths, cg_ijk, cg_c, pw, *out, slot, shared_w, with_unweighted, dim_x, dim_y, dim_z, num_w, num_items, kernel, zero_fill, num_nodes,
                        sh_lmax, sh_normalize, sh_normalization, yc_width, &bufs, &call);
   if (error.failure()) return error;
   const cudaError_t err = a.element_type() == ffi::DataType::F32

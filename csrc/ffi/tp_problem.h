@@ -2,11 +2,13 @@
 //
 // Operands: the three slots other than the output slot, in slot order (x, y, w, z); the graph's
 // senders and receivers (int32[E], empty for a plain product); the deterministic scatter's edge lists,
-// seg_offsets int32[num_nodes + 1] and seg_edges int32[E] (both may be empty: see core::TpCall); the
+// seg_offsets int32[num_nodes + 1] and seg_edges int32[E] (both may be empty: see core::TpCall), and the
+// split of long lists, seg_pieces int32[num_nodes + 1] (may be empty); the
 // problem tables: paths int32[P, 14], cg_ijk int32[C, 3], cg_c T[C], path_weight T[P]. Attributes:
 // slot, shared_w, with_unweighted, widths, kernel (core::TpKernel), zero_fill, num_nodes (-1 for a
 // plain product), sh_lmax / sh_normalize / sh_normalization (y from edge vectors; sh_lmax -1: y is data),
-// yc_width (core::TpCall).
+// yc_width (core::TpCall). Results: the output, then (jbm_tp) the scratch rows of split edge lists,
+// T[R * out_width] (R may be 0; the GPU kernel writes rows below R only).
 #pragma once
 
 #include <array>
@@ -25,7 +27,8 @@ struct TpBuffers {
 inline xla::ffi::Error check_tp(const xla::ffi::AnyBuffer& a, const xla::ffi::AnyBuffer& b,
                                 const xla::ffi::AnyBuffer& c, const xla::ffi::AnyBuffer& senders,
                                 const xla::ffi::AnyBuffer& receivers, const xla::ffi::AnyBuffer& seg_offsets,
-                                const xla::ffi::AnyBuffer& seg_edges, const xla::ffi::AnyBuffer& paths,
+                                const xla::ffi::AnyBuffer& seg_edges, const xla::ffi::AnyBuffer& seg_pieces,
+                                const xla::ffi::AnyBuffer* scratch, const xla::ffi::AnyBuffer& paths,
                                 const xla::ffi::AnyBuffer& cg_ijk, const xla::ffi::AnyBuffer& cg_c,
                                 const xla::ffi::AnyBuffer& path_weight, const xla::ffi::AnyBuffer& out, int32_t slot,
                                 int32_t shared_w, int32_t with_unweighted, int32_t dim_x, int32_t dim_y, int32_t dim_z,
@@ -104,8 +107,14 @@ inline xla::ffi::Error check_tp(const xla::ffi::AnyBuffer& a, const xla::ffi::An
         return invalid("seg_edges of ", kTpOp, " must have one entry per edge, with seg_offsets");
       call.seg_edges = static_cast<const int32_t*>(seg_edges.untyped_data());
     }
+    if (seg_pieces.element_count() != 0) {
+      if (seg_pieces.element_type() != ffi::DataType::S32 || call.seg_offsets == nullptr ||
+          static_cast<int64_t>(seg_pieces.element_count()) != num_nodes + 1)
+        return invalid("seg_pieces of ", kTpOp, " must be int32[num_nodes + 1], with seg_offsets");
+      call.seg_pieces = static_cast<const int32_t*>(seg_pieces.untyped_data());
+    }
   } else {
-    if (seg_offsets.element_count() != 0 || seg_edges.element_count() != 0)
+    if (seg_offsets.element_count() != 0 || seg_edges.element_count() != 0 || seg_pieces.element_count() != 0)
       return invalid("edge lists of ", kTpOp, " must be empty without num_nodes");
     if (senders.element_count() != 0 || receivers.element_count() != 0)
       return invalid("senders and receivers of ", kTpOp, " must be empty without num_nodes");
@@ -121,6 +130,12 @@ inline xla::ffi::Error check_tp(const xla::ffi::AnyBuffer& a, const xla::ffi::An
     if (static_cast<int64_t>(buf->element_count()) != expected)
       return invalid("invalid size of ", names[s], s == slot ? " (output)" : "", " for ", kTpOp, ": expected ",
                     expected, " elements, got ", buf->element_count());
+  }
+  if (scratch != nullptr && scratch->element_count() != 0) {
+    if (scratch->element_type() != dt || scratch->element_count() % call.out_width() != 0)
+      return invalid("scratch of ", kTpOp, " must be rows of the output's width and dtype");
+    call.seg_scratch = scratch->untyped_data();
+    call.seg_scratch_rows = static_cast<int64_t>(scratch->element_count()) / call.out_width();
   }
   *out_call = call;
   return ffi::Error::Success();
@@ -200,12 +215,12 @@ inline xla::ffi::Error check_tp_yw(const xla::ffi::AnyBuffer& x, const xla::ffi:
   if (shared_w) return ffi_util::invalid(kTpYwOp, " needs per-row weights (shared_w = 0)");
   if (seg_offsets.element_count() != 0 || seg_edges.element_count() != 0)
     return ffi_util::invalid("edge lists of ", kTpYwOp, " must be empty (its outputs are per row)");
-  xla::ffi::Error error = check_tp(x, w, z, senders, receivers, seg_offsets, seg_edges, paths, cg_ijk, cg_c,
+  xla::ffi::Error error = check_tp(x, w, z, senders, receivers, seg_offsets, seg_edges, seg_offsets, nullptr, paths, cg_ijk, cg_c,
                                    path_weight, dy, static_cast<int32_t>(core::TpSlot::kY), shared_w, with_unweighted,
                                    dim_x, dim_y, dim_z, num_w, num_items, kernel, zero_fill, num_nodes, -1, 0, 0,
                                    yc_width, bufs_y, call_y);
   if (error.failure()) return error;
-  return check_tp(x, y, z, senders, receivers, seg_offsets, seg_edges, paths, cg_ijk, cg_c, path_weight, dw,
+  return check_tp(x, y, z, senders, receivers, seg_offsets, seg_edges, seg_offsets, nullptr, paths, cg_ijk, cg_c, path_weight, dw,
                   static_cast<int32_t>(core::TpSlot::kW), shared_w, 0, dim_x, dim_y, dim_z, num_w, num_items, kernel,
                   zero_fill, num_nodes, sh_lmax, sh_normalize, sh_normalization, yc_width, bufs_w, call_w);
 }
@@ -219,12 +234,13 @@ inline xla::ffi::Error check_tp_yw(const xla::ffi::AnyBuffer& x, const xla::ffi:
       .Attr<int64_t>("num_nodes").Attr<int32_t>("sh_lmax").Attr<int32_t>("sh_normalize")            \
       .Attr<int32_t>("sh_normalization").Attr<int32_t>("yc_width")
 
-// jbm_tp: three operands, senders, receivers, seg_offsets, seg_edges, four tables; one result.
+// jbm_tp: three operands, senders, receivers, seg_offsets, seg_edges, seg_pieces, four tables; results
+// the output and the scratch.
 #define JBM_TP_BIND                                                                                \
   .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()         \
       .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()      \
-      .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()        \
-      .Attr<int32_t>("slot") JBM_TP_ATTRS
+      .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()      \
+      .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Attr<int32_t>("slot") JBM_TP_ATTRS
 
 // jbm_tp_yw: x, y, w, z, then as jbm_tp; results dy and dw.
 #define JBM_TP_YW_BIND                                                                             \

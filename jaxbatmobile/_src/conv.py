@@ -19,7 +19,9 @@ Two ways to sum over edges on the GPU:
   (edges stably sorted by receiver, and by sender for the node-feature gradient) are computed in the
   graph with two integer sorts; XLA shares them between calls on the same indices within one jit.
   Edges need no particular order. The node-feature gradient (a scatter to senders, which are rarely
-  sorted) of channelwise products takes the sender-sorted lists in both modes.
+  sorted) of channelwise products takes the sender-sorted lists in both modes. A node with more than
+  64 edges (e.g. the padding node of a jraph batch) is summed in pieces by several blocks, whose
+  partial rows are added in a fixed order: still deterministic, and no block holds up the kernel.
 
 On the GPU, channelwise (uvu) products contract y with each path's CG block once per edge in shared
 memory (csrc/core/tp_uvu.h, uvu_contract_y); every channel then runs a small dense product.

@@ -310,14 +310,24 @@ for _p in (tp_p, conv_p):
     ffi.define_impl(_p)
 
 
+# Edges per piece of a node's list on the GPU's deterministic channelwise kernel (TpCall::seg_pieces):
+# a node with more edges (e.g. the padding node of a jraph batch, holding every padding edge) is summed by
+# several blocks, whose partial rows are added in a fixed order.
+SEGMENT_PIECE_EDGES = 64
+
+
 def _edge_lists(targets, num_nodes):
     """The deterministic scatter's edge lists (csrc/core/tp.h, TpCall::seg_offsets): edges stably sorted
-    by target node, and where each node's run starts. Out-of-range targets sort last, in no node's run."""
+    by target node, where each node's run starts, and the prefix sums of each node's extra pieces
+    (TpCall::seg_pieces). Out-of-range targets sort last, in no node's run."""
     key = jnp.where((targets >= 0) & (targets < num_nodes), targets, num_nodes)
     order = jnp.argsort(key, stable=True).astype(jnp.int32)
     counts = jnp.zeros((num_nodes + 1,), jnp.int32).at[key].add(1)  # integer sums: exact
-    offsets = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(counts[:num_nodes], dtype=jnp.int32)])
-    return offsets, order
+    zero = jnp.zeros((1,), jnp.int32)
+    offsets = jnp.concatenate([zero, jnp.cumsum(counts[:num_nodes], dtype=jnp.int32)])
+    extra = jnp.maximum(counts[:num_nodes] - 1, 0) // SEGMENT_PIECE_EDGES
+    pieces = jnp.concatenate([zero, jnp.cumsum(extra, dtype=jnp.int32)])
+    return offsets, order, pieces
 
 
 def _tables_and_attrs(tables, by_x, dtype, *, shared, unweighted, num_nodes, sh):
@@ -344,12 +354,16 @@ def _lowering(ctx, a, b, c, *graph, tables, slot, shared, unweighted, num_nodes,
     def body(a, b, c, *graph):
         empty = jnp.zeros((0,), jnp.int32)
         senders, receivers = graph if graph else (empty, empty)
-        seg = (empty, empty)
+        seg, scratch_rows = (empty, empty, empty), 0
         # The x gradient scatters to senders, which are rarely sorted: atomics would then hit a new row
         # at every edge, so the channelwise kernel takes the sender-sorted lists in both modes.
         if graph and slot in (SLOT_X, SLOT_Z) and (deterministic or (slot == SLOT_X and tables.kernel == KERNEL_UVU)):
             seg = _edge_lists(receivers if slot == SLOT_Z else senders, num_nodes)
-        out = jax.ffi.ffi_call("jbm_tp", jax.ShapeDtypeStruct(ctx.avals_out[0].shape, dtype))(
+            # at most this many extra pieces: sum of (count - 1) // P over nodes <= E // P
+            scratch_rows = senders.shape[0] // SEGMENT_PIECE_EDGES if tables.kernel == KERNEL_UVU else 0
+        out_shape = ctx.avals_out[0].shape
+        out, _ = jax.ffi.ffi_call("jbm_tp", (jax.ShapeDtypeStruct(out_shape, dtype),
+                                             jax.ShapeDtypeStruct((scratch_rows * out_shape[-1],), dtype)))(
             a, b, c, senders, receivers, *seg, *consts, slot=np.int32(slot), **attrs)
         return [out]
 

@@ -1,0 +1,189 @@
+"""Every CUDA kernel of jaxbatmobile, forward and derivatives, on small problems: the workload that
+tools/sanitize.sh runs under compute-sanitizer (memcheck, racecheck, initcheck, synccheck).
+
+Small sizes keep the instrumented run short, but each case is chosen to reach a kernel or a branch:
+channel counts above a warp and not a multiple of one, batches not divisible by a block or a chunk,
+graphs with isolated nodes, a hub node with 150 edges, repeated edges, self-loops, out-of-range (dropped) indices and E = 0, shared
+and per-row weights, uvu (channelwise kernels) and uvw (generic kernels), fp32 and fp64. Each case is
+also compared with the unfused fp64 reference, so a kernel that the sanitizer passes but that computes
+garbage under instrumentation still fails. Prints one line per case and "sanitize: all cases ran".
+"""
+
+from __future__ import annotations
+
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+jax.config.update("jax_enable_x64", True)
+
+import e3nn_jax as e3nn  # noqa: E402
+
+import jaxbatmobile as jb  # noqa: E402
+from jaxbatmobile import batmobile  # noqa: E402
+
+rng = np.random.default_rng(0)
+failures = []
+UNDER_TEST = "gpu"  # --dry-run: "cpu" (checks this script on a machine without a GPU)
+
+
+def arr(shape, dtype):
+    return jnp.asarray(rng.normal(size=shape), dtype)
+
+
+def check(name, got, want, dtype):
+    tol = 1e-4 if dtype == jnp.float32 else 1e-10
+    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+        g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
+        err = np.max(np.abs(g - w), initial=0.0) / max(np.max(np.abs(w), initial=0.0), 1e-30)
+        if not np.all(np.isfinite(g)) or err > tol:
+            failures.append(name)
+            print(f"FAIL {name}: relative error {err:.2e}", flush=True)
+            return
+    print(f"ok   {name}", flush=True)
+
+
+def on(platform, f):
+    """f jitted and run with its arguments on one platform (the GPU under test, or the CPU reference)."""
+    device = jax.devices(platform)[0]
+    g = jax.jit(f)
+    return lambda *args: jax.device_get(g(*jax.device_put(args, device)))
+
+
+def sh_cases():
+    for dtype in (jnp.float32, jnp.float64):
+        for lmax in (3, jb.SH_MAX_L):
+            vec = arr((37, 3), dtype).at[0].set(0.0)  # a zero-length vector too
+
+            def f(v, lmax=lmax):
+                sh = lambda v: jb.spherical_harmonics(v, lmax)  # noqa: E731
+                energy = lambda v: jnp.sum(jnp.sin(sh(v)) * v[:, :1])  # noqa: E731
+                return sh(v), jax.grad(energy)(v), jax.grad(lambda v: jnp.sum(jax.grad(energy)(v) ** 2))(v)
+
+            check(f"sh l={lmax} {jnp.dtype(dtype).name} fwd/grad/grad2", on(UNDER_TEST, f)(vec), on("cpu", f)(vec), dtype)
+
+
+def tp_problems():
+    # channelwise (MACE-like; 40 channels: more than a warp, not a multiple of one) and fully connected
+    i1, i2 = e3nn.Irreps("40x0e+40x1o+8x2e"), e3nn.Irreps("0e+1o+2e+3o")
+    out = e3nn.Irreps("40x0e+40x1o+40x2e+8x3o+8x1e")
+    uvu = jb.TensorProduct(i1, i2, out, jb.channelwise_instructions(i1, i2, out))
+    j1, j2, jo = e3nn.Irreps("5x0e+3x1o"), e3nn.Irreps("2x0e+1o"), e3nn.Irreps("4x0e+3x1o+2x1e")
+    uvw = jb.TensorProduct(j1, j2, jo, [(a, b, c, "uvw", True) for a, (_, x) in enumerate(j1)
+                                       for b, (_, y) in enumerate(j2) for c, (_, z) in enumerate(jo) if z in x * y])
+    return {"uvu": uvu, "uvw": uvw}
+
+
+def tp_cases():
+    for name, tp in tp_problems().items():
+        for dtype in (jnp.float32, jnp.float64):
+            for shared in (False, True):
+                batch = 77
+                x, y = arr((batch, tp.irreps_in1.dim), dtype), arr((batch, tp.irreps_in2.dim), dtype)
+                w = arr((tp.weight_numel,) if shared else (batch, tp.weight_numel), dtype)
+
+                def f(x, y, w, tp=tp):
+                    loss = lambda x, y, w: jnp.sum(jnp.sin(tp(x, y, w)))  # noqa: E731
+                    g = jax.grad(loss, argnums=(0, 1, 2))(x, y, w)
+                    gg = jax.grad(lambda x, y, w: sum(jnp.sum(a ** 2) for a in jax.grad(loss, argnums=(0, 1))(x, y, w)),
+                                  argnums=(0, 1, 2))(x, y, w)
+                    return tp(x, y, w), g, gg
+
+                label = f"tp {name} {jnp.dtype(dtype).name} {'shared' if shared else 'per-row'} w: fwd/grad/grad2"
+                check(label, on(UNDER_TEST, f)(x, y, w), on("cpu", f)(x, y, w), dtype)
+        # empty batch
+        z = on(UNDER_TEST, lambda x, y, w, tp=tp: tp(x, y, w))(
+            jnp.zeros((0, tp.irreps_in1.dim)), jnp.zeros((0, tp.irreps_in2.dim)), jnp.ones((tp.weight_numel,)))
+        print(f"ok   tp {name} empty batch {z.shape}", flush=True)
+
+
+def graph(nodes, edges, dropped):
+    s = rng.integers(0, nodes - 2, size=edges)  # the last two nodes have no edges
+    r = rng.integers(0, nodes - 2, size=edges)
+    if edges >= 4:
+        s[1], r[1] = s[0], r[0]  # a repeated edge
+        s[2] = r[2]  # a self-loop
+    if edges >= 200:  # a hub (jraph's padding node): its lists are split across blocks on the GPU
+        s[-150:] = r[-150:] = nodes - 3
+    if dropped and edges >= 6:
+        s[3], r[4], s[5] = nodes + 3, -1, -7  # out of range: dropped
+    return jnp.asarray(s, jnp.int32), jnp.asarray(r, jnp.int32)
+
+
+def conv_cases():
+    sh_tp = tp_problems()["uvu"]
+    for name, tp in tp_problems().items():
+        for dtype in (jnp.float32, jnp.float64):
+            for det in (False, True):
+                for nodes, edges in ((23, 301), (5, 0)):
+                    s, r = graph(nodes, edges, dropped=True)
+                    x, y = arr((nodes, tp.irreps_in1.dim), dtype), arr((edges, tp.irreps_in2.dim), dtype)
+                    w = arr((edges, tp.weight_numel), dtype)
+
+                    def f(x, y, w, tp=tp, s=s, r=r, nodes=nodes, det=det):
+                        c = lambda x, y, w: jb.conv(tp, x, y, w, s, r, num_nodes=nodes, deterministic=det)  # noqa
+                        loss = lambda x, y, w: jnp.sum(jnp.sin(c(x, y, w)))  # noqa: E731
+                        return c(x, y, w), jax.grad(loss, argnums=(0, 1, 2))(x, y, w), jax.grad(
+                            lambda x, y, w: jnp.sum(jax.grad(loss, argnums=1)(x, y, w) ** 2), argnums=(0, 1, 2))(x, y, w)
+
+                    label = f"conv {name} {jnp.dtype(dtype).name} {'det' if det else 'atomic'} E={edges}: fwd/grad/grad2"
+                    check(label, on(UNDER_TEST, f)(x, y, w), on("cpu", f)(x, y, w), dtype)
+            # the force-training step on sh_conv (SH in the kernel), both modes
+            for det in (False, True):
+                nodes, edges = 19, 211
+                s, r = graph(nodes, edges, dropped=True)
+                x, pos = arr((nodes, sh_tp.irreps_in1.dim), dtype), arr((nodes, 3), dtype)
+                w = arr((edges, sh_tp.weight_numel), dtype)
+
+                def step(x, w, pos, s=s, r=r, nodes=nodes, det=det):
+                    def energy(pos, x, w):
+                        vec = pos[jnp.clip(r, 0, nodes - 1)] - pos[jnp.clip(s, 0, nodes - 1)]
+                        out = jb.sh_conv(sh_tp, x, vec, w * jnp.exp(-jnp.sum(vec ** 2, -1))[:, None], s, r,
+                                         num_nodes=nodes, deterministic=det)
+                        return jnp.sum(jnp.sin(out))
+
+                    loss = lambda x, w: jnp.sum(jax.grad(energy)(pos, x, w) ** 2)  # noqa: E731
+                    return jax.grad(loss, argnums=(0, 1))(x, w)
+
+                if name == "uvu":
+                    label = f"sh_conv force step {jnp.dtype(dtype).name} {'det' if det else 'atomic'}"
+                    check(label, on(UNDER_TEST, step)(x, w, pos), on("cpu", step)(x, w, pos), dtype)
+
+
+def batmobile_cases():
+    n, c_in, c_out = 45, 33, 17
+    for dtype in (jnp.float32, jnp.float64):
+        x, y = arr((n, 16), dtype), arr((n, 16), dtype)
+        xc, wt = arr((n, c_in, 16), dtype), arr((batmobile.get_tp_num_paths(), c_in, c_out), dtype)
+        vec, src = arr((n, 3), dtype), jnp.asarray(rng.integers(0, 9, size=n), jnp.int32)
+        feats = arr((9, c_in, 16), dtype)
+
+        def f(x, y, xc, wt, vec, feats):
+            def loss(x, y, xc, wt, vec, feats):
+                return (jnp.sum(jnp.sin(batmobile.tensor_product_simple(x, y)))
+                        + jnp.sum(jnp.sin(batmobile.tensor_product(xc, y, wt)))
+                        + jnp.sum(jnp.sin(batmobile.fused_sh_tp_simple(vec, feats, src))))
+            return jax.grad(loss, argnums=tuple(range(6)))(x, y, xc, wt, vec, feats)
+
+        args = (x, y, xc, wt, vec, feats)
+        check(f"batmobile {jnp.dtype(dtype).name} grads", on(UNDER_TEST, f)(*args), on("cpu", f)(*args), dtype)
+
+
+def main(parts):
+    if UNDER_TEST == "gpu" and not any(d.platform == "gpu" for d in jax.devices()):
+        sys.exit("sanitize: no GPU")
+    for part in parts:
+        {"sh": sh_cases, "tp": tp_cases, "conv": conv_cases, "batmobile": batmobile_cases}[part]()
+    if failures:
+        sys.exit(f"sanitize: {len(failures)} cases differ from the CPU reference: {failures}")
+    print("sanitize: all cases ran", flush=True)
+
+
+if __name__ == "__main__":
+    args = sys.argv[1:]
+    if "--dry-run" in args:
+        args.remove("--dry-run")
+        UNDER_TEST = "cpu"
+    main(args[0].split(",") if args else ["sh", "tp", "conv", "batmobile"])

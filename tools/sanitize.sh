@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs tools/sanitize.py (every jaxbatmobile CUDA kernel, forward and derivatives, small problems) under
+# compute-sanitizer's memcheck, racecheck, initcheck and synccheck, instrumenting our kernels only
+# (mangled names contain "jbm"; XLA's own kernels run uninstrumented). Logs under $OUT/sanitize-*.txt;
+# exits non-zero if any tool reports an error or a case differs from the CPU reference.
+# Usage (GPU machine, after the build): bash tools/sanitize.sh [tools, default: memcheck,racecheck,initcheck,synccheck] [parts]
+set -uo pipefail
+OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
+# No preallocated pool (memcheck sees each buffer's real bounds) and no command buffers (plain launches).
+export XLA_PYTHON_CLIENT_PREALLOCATE=false XLA_PYTHON_CLIENT_ALLOCATOR=platform XLA_FLAGS="--xla_gpu_enable_command_buffer="
+status=0
+IFS=, read -ra tools <<< "${1:-memcheck,racecheck,initcheck,synccheck}"
+for tool in "${tools[@]}"; do
+  t0=$(date +%s)
+  compute-sanitizer --tool "$tool" --kernel-name kns=jbm --error-exitcode 99 --print-limit 20 \
+    python3 tools/sanitize.py ${2:-} > "$OUT/sanitize-$tool.txt" 2>&1
+  rc=$?
+  summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitize-$tool.txt" | tail -1)
+  cases=$(grep -c "^ok " "$OUT/sanitize-$tool.txt")
+  echo "sanitize $tool: exit $rc, $cases cases ok, ${summary:-no summary} ($(( $(date +%s) - t0 )) s)"
+  [ $rc -ne 0 ] && { status=1; grep -E "FAIL|Error|error" "$OUT/sanitize-$tool.txt" | head -20; }
+done
+exit $status
