@@ -181,6 +181,23 @@ def test_jit_lowers_to_our_kernels(rng):
     assert_close(f(v), e3nn_sh(v.astype(np.float64), 3), TOL[np.float32] * 4)
 
 
+def test_second_derivatives_use_full_fp32_precision(rng):
+    """The Hessian terms come from e3nn-jax's formula, an einsum: its dots must not run at XLA's default
+    precision (TF32 on recent GPUs put fp32 force-training gradients 3.6e-4 off on an H100)."""
+    import re
+
+    v = vectors(rng, (8,), np.float32)
+
+    def loss(v):
+        forces = jax.grad(lambda v: jnp.sum(jnp.sin(jb.spherical_harmonics(v, 3))))(v)
+        return jnp.sum(forces**2)
+
+    text = jax.jit(jax.grad(loss)).lower(v).as_text()
+    precisions = re.findall(r"precision = \[([A-Z]+), ([A-Z]+)\]", text)
+    assert precisions, "expected the reference's dots in the second derivative"
+    assert all(p == ("HIGHEST", "HIGHEST") for p in precisions), set(precisions)
+
+
 def test_bad_inputs():
     v = np.ones((4, 3), np.float32)
     with pytest.raises(ValueError, match="`vectors`"):
