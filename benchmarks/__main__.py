@@ -11,14 +11,14 @@ import pathlib
 
 import jax
 
-from . import common, conv, nequix, sh, tp
+from . import common, conv, nequix, plot, sh, tp
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--cpu", action="store_true", help="small sizes on the CPU")
     ap.add_argument("--only", default="sh,tp,conv,nequix", help="comma-separated workload families")
-    ap.add_argument("--out", default=None, help="folder for results.jsonl and results.md")
+    ap.add_argument("--out", default=None, help="folder for results.jsonl, results.md and speedup.png")
     ap.add_argument("--fp64", action="store_true", help="also time float64")
     ap.add_argument("--problems", default=None,
                     help="comma-separated TP problems (default: all), e.g. 'MACE-large uvu,MACE-medium uvu'")
@@ -62,6 +62,10 @@ def main() -> None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "results.jsonl").write_text(report.jsonl())
         (out / "results.md").write_text(md)
+        try:
+            plot.plot([out / "results.jsonl"], str(out / "speedup.png"))
+        except ImportError:
+            print("# plot skipped: matplotlib is not installed")
     print()
     print(md)
 

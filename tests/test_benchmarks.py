@@ -1,0 +1,40 @@
+"""The benchmark suite's CPU mode (small sizes): runs end to end, every jaxbatmobile row is checked
+against its reference before timing and comes back ok, and the outputs (JSON lines, Markdown, plot)
+are written. Timings themselves are not tested here."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]  # benchmarks/ is a folder of the repository, not installed
+
+
+def test_cpu_mode_runs_and_checks_every_row(tmp_path):
+    out = tmp_path / "results"
+    subprocess.run([sys.executable, "-m", "benchmarks", "--cpu", "--only", "sh,tp,conv", "--out", str(out)],
+                   check=True, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+    ours = [r for r in rows if r["library"].startswith("jaxbatmobile")]
+    assert len(ours) >= 10
+    bad = [(r["workload"], r["library"], r["status"]) for r in ours if r["status"] != "ok"]
+    assert not bad, bad
+    assert all(r["median_ms"] > 0 and r["error"] is not None for r in ours if r["library"] == "jaxbatmobile")
+    assert {r["device"] for r in rows} == {"cpu:cpu"} and all(r["commit"] for r in rows)
+    assert "| workload |" in (out / "results.md").read_text()
+
+
+def test_plot_of_speedups(tmp_path):
+    pytest.importorskip("matplotlib")
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import plot
+
+    rows = [dict(workload="w", dtype="float32", library=lib, median_ms=ms, status=status)
+            for lib, ms, status in (("e3nn-jax", 4.0, "WRONG"), ("jaxbatmobile", 1.0, "ok"), ("peer", 2.0, "FAILED"))]
+    path = tmp_path / "r.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert plot.speedups([path]) == {"[float32] w": {"jaxbatmobile": 4.0}}
+    plot.plot([path], str(tmp_path / "s.png"))
+    assert (tmp_path / "s.png").stat().st_size > 1000
