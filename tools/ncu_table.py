@@ -1,5 +1,4 @@
-"""Prints per-kernel time, instructions and throughputs from `ncu --csv --metrics ...` output (argv[1]);
-with --by-name, the total time and launch count per kernel name instead (largest first)."""
+"""Prints per-kernel time, instructions and throughputs from `ncu --csv --metrics ...` output (argv[1])."""
 import csv
 import io
 import re
@@ -15,19 +14,6 @@ for r in csv.DictReader(io.StringIO("\n".join(lines[start:]))):
 def num(d, key):
     return float(d.get(key, "0").replace(",", "") or 0)
 
-
-if "--by-name" in sys.argv:  # (ncu segfaulted under jax 0.11.2 here: tools/kernel_times.py instead)
-    totals = {}
-    for d in kernels.values():
-        name = re.sub(r"jbm::cuda::\(anonymous namespace\)::|jbm::core::", "", d["name"])
-        name = name.split(">(")[0] + ">" if ">(" in name else name.split("(")[0]  # no parameter list
-        t, n = totals.get(name, (0.0, 0))
-        totals[name] = (t + num(d, "gpu__time_duration.sum") / 1e3, n + 1)
-    total = sum(t for t, _ in totals.values())
-    print(f"total {total / 1e3:.2f} ms in {len(kernels)} launches")
-    for name, (t, n) in sorted(totals.items(), key=lambda kv: -kv[1][0])[:25]:
-        print(f"{t / 1e3:8.3f} ms {100 * t / total:5.1f}% {n:5d}x  {name}")
-    sys.exit(0)
 
 for i, d in sorted(kernels.items()):
     t = num(d, "gpu__time_duration.sum") / 1e3

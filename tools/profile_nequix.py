@@ -1,13 +1,14 @@
 """Per-kernel GPU time of one Nequix step (Nequix default size as in benchmarks/nequix.py: 864-atom Cu cell
 for the MD step, 256 atoms for the training step), compiled and warmed up first.
 Usage: python3 tools/profile_nequix.py [e3nn|atomic|det] [train]"""
+import pathlib
 import sys
 
 import equinox as eqx
 import jax
 from nequix.model import Nequix
 
-sys.path.insert(0, ".")
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))  # the repository: benchmarks/
 from benchmarks.nequix import _inputs  # noqa: E402
 from jaxbatmobile.examples.nequix import to_jaxbatmobile  # noqa: E402
 from jaxbatmobile.examples.train import make_loss  # noqa: E402

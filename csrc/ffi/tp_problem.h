@@ -215,6 +215,7 @@ inline xla::ffi::Error check_tp_yw(const xla::ffi::AnyBuffer& x, const xla::ffi:
   if (shared_w) return ffi_util::invalid(kTpYwOp, " needs per-row weights (shared_w = 0)");
   if (seg_offsets.element_count() != 0 || seg_edges.element_count() != 0)
     return ffi_util::invalid("edge lists of ", kTpYwOp, " must be empty (its outputs are per row)");
+  // (seg_offsets, empty here, also stands for the absent seg_pieces operand; no scratch result.)
   xla::ffi::Error error = check_tp(x, w, z, senders, receivers, seg_offsets, seg_edges, seg_offsets, nullptr, paths, cg_ijk, cg_c,
                                    path_weight, dy, static_cast<int32_t>(core::TpSlot::kY), shared_w, with_unweighted,
                                    dim_x, dim_y, dim_z, num_w, num_items, kernel, zero_fill, num_nodes, -1, 0, 0,
