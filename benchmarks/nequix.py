@@ -13,6 +13,8 @@ matmul precision to "highest" when imported, so both paths run their matmuls in 
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 
 from .common import Report, run_case
@@ -82,7 +84,11 @@ def run(report: Report, *, small: bool = False) -> None:
             return jax.value_and_grad(lambda p: loss_fn(eqx.combine(p, static), g)[0])(params)
 
         fns[label] = (jax.jit(md), jax.jit(train_step))
+    # JBM_NEQUIX_STEPS=train (or md): one of the two workloads only (a shorter run on the GPU machine)
+    steps = os.environ.get("JBM_NEQUIX_STEPS", "md,train").split(",")
     for k, what in enumerate(("MD step (E, F, stress)", "training step (E+F loss, grad)")):
+        if ("md", "train")[k] not in steps:
+            continue
         batches, n_atoms, n_edges = inputs[k]
         workload = (f"Nequix {'small' if small else 'default'} ({layers} layers, {hidden.split('x')[0]} ch), "
                     f"Cu {n_atoms} atoms / {n_edges} edges: {what}")

@@ -52,17 +52,27 @@ def on(platform, f):
     return lambda *args: jax.device_get(g(*jax.device_put(args, device)))
 
 
-def sh_cases():
-    for dtype in (jnp.float32, jnp.float64):
-        for lmax in (3, jb.SH_MAX_L):
+def sh_cases(degrees=(3, jb.SH_MAX_L), dtypes=(jnp.float32, jnp.float64), order=2):
+    """Values, and derivatives up to `order` (1: gradient, 2: gradient of a gradient's norm)."""
+    for dtype in dtypes:
+        for lmax in degrees:
             vec = arr((37, 3), dtype).at[0].set(0.0)  # a zero-length vector too
 
             def f(v, lmax=lmax):
                 sh = lambda v: jb.spherical_harmonics(v, lmax)  # noqa: E731
                 energy = lambda v: jnp.sum(jnp.sin(sh(v)) * v[:, :1])  # noqa: E731
-                return sh(v), jax.grad(energy)(v), jax.grad(lambda v: jnp.sum(jax.grad(energy)(v) ** 2))(v)
+                grads = (jax.grad(energy)(v), jax.grad(lambda v: jnp.sum(jax.grad(energy)(v) ** 2))(v))
+                return (sh(v),) + grads[:order]
 
-            check(f"sh l={lmax} {jnp.dtype(dtype).name} fwd/grad/grad2", on(UNDER_TEST, f)(vec), on("cpu", f)(vec), dtype)
+            name = f"sh l={lmax} {jnp.dtype(dtype).name} " + "/".join(["fwd", "grad", "grad2"][: order + 1])
+            check(name, on(UNDER_TEST, f)(vec), on("cpu", f)(vec), dtype)
+
+
+def sh_part(spec):
+    """One SH case alone, e.g. "sh-8-float64-1": degree 8, fp64, values and first derivatives (so that a
+    sanitizer crash can be traced to one kernel)."""
+    _, lmax, dtype, order = spec.split("-")
+    sh_cases((int(lmax),), (jnp.dtype(dtype),), int(order))
 
 
 def tp_problems():
@@ -171,11 +181,19 @@ def batmobile_cases():
         check(f"batmobile {jnp.dtype(dtype).name} grads", on(UNDER_TEST, f)(*args), on("cpu", f)(*args), dtype)
 
 
+PARTS = {
+    "sh": sh_cases,
+    "tp": tp_cases,
+    "conv": conv_cases,
+    "batmobile": batmobile_cases,
+}
+
+
 def main(parts):
     if UNDER_TEST == "gpu" and not any(d.platform == "gpu" for d in jax.devices()):
         sys.exit("sanitize: no GPU")
     for part in parts:
-        {"sh": sh_cases, "tp": tp_cases, "conv": conv_cases, "batmobile": batmobile_cases}[part]()
+        sh_part(part) if part.startswith("sh-") else PARTS[part]()
     if failures:
         sys.exit(f"sanitize: {len(failures)} cases differ from the CPU reference: {failures}")
     print("sanitize: all cases ran", flush=True)

@@ -12,14 +12,15 @@ OUT=${OUT:-/tmp/out}; mkdir -p "$OUT"
 export XLA_PYTHON_CLIENT_PREALLOCATE=false
 status=0
 IFS=, read -ra tools <<< "${1:-memcheck,racecheck,initcheck,synccheck}"
+tag=${2:+-${2//,/-}}  # the parts in the log's name, so runs of several parts one by one keep their logs
 for tool in "${tools[@]}"; do
   t0=$(date +%s)
   compute-sanitizer --tool "$tool" --kernel-name kns=jbm --error-exitcode 99 --print-limit 20 \
-    python3 tools/sanitize.py ${2:-} > "$OUT/sanitize-$tool.txt" 2>&1
+    python3 tools/sanitize.py ${2:-} > "$OUT/sanitize-$tool$tag.txt" 2>&1
   rc=$?
-  summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitize-$tool.txt" | tail -1)
-  cases=$(grep -c "^ok " "$OUT/sanitize-$tool.txt")
+  summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$OUT/sanitize-$tool$tag.txt" | tail -1)
+  cases=$(grep -c "^ok " "$OUT/sanitize-$tool$tag.txt")
   echo "sanitize $tool: exit $rc, $cases cases ok, ${summary:-no summary} ($(( $(date +%s) - t0 )) s)"
-  [ $rc -ne 0 ] && { status=1; grep -E "FAIL|Error|error" "$OUT/sanitize-$tool.txt" | head -20; }
+  [ $rc -ne 0 ] && { status=1; grep -E "FAIL|Error|error" "$OUT/sanitize-$tool$tag.txt" | head -20; }
 done
 exit $status

@@ -20,7 +20,7 @@ Two ways to sum over edges on the GPU:
   graph with two integer sorts; XLA shares them between calls on the same indices within one jit.
   Edges need no particular order. The node-feature gradient (a scatter to senders, which are rarely
   sorted) of channelwise products takes the sender-sorted lists in both modes. A node with more than
-  64 edges (e.g. the padding node of a jraph batch) is summed in pieces by several blocks, whose
+  32 edges (e.g. the padding node of a jraph batch) is summed in pieces by several blocks, whose
   partial rows are added in a fixed order: still deterministic, and no block holds up the kernel.
 
 On the GPU, channelwise (uvu) products contract y with each path's CG block once per edge in shared

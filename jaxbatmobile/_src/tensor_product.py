@@ -310,10 +310,12 @@ for _p in (tp_p, conv_p):
     ffi.define_impl(_p)
 
 
-# Edges per piece of a node's list on the GPU's deterministic channelwise kernel (TpCall::seg_pieces):
-# a node with more edges (e.g. the padding node of a jraph batch, holding every padding edge) is summed by
-# several blocks, whose partial rows are added in a fixed order.
-SEGMENT_PIECE_EDGES = 64
+# Edges per piece of a node's list on the GPU's sorted-list channelwise kernel (TpCall::seg_pieces): a
+# node with more edges (e.g. the padding node of a jraph batch, holding every padding edge) is summed by
+# several blocks, whose partial rows are added in a fixed order. Short pieces also give small graphs
+# enough blocks: Nequix's training graph (256 nodes, ~44 edges each) ran its x gradient in 0.59 ms with
+# pieces of 64 edges and 0.34 ms with 32 (H100, tools/sweep_pieces.py; benchmarks/NOTES.md, session 8).
+SEGMENT_PIECE_EDGES = 32
 
 
 def _edge_lists(targets, num_nodes):
