@@ -348,25 +348,30 @@ def _tables_and_attrs(tables, by_x, dtype, *, shared, unweighted, num_nodes, sh)
     return consts, attrs
 
 
-def _lowering(ctx, a, b, c, *graph, tables, slot, shared, unweighted, num_nodes, deterministic, sh):
-    dtype = ctx.avals_in[0].dtype
+def tp_call_args(a, b, c, graph, out_shape, *, tables, slot, shared, unweighted, num_nodes, deterministic, sh):
+    """One jbm_tp call: (operands, attributes, result shapes) for the three input slots a, b, c and the
+    graph (senders, receivers) or (). The lowering binds exactly these; tools/dump_tp_call.py writes
+    them out for the JAX-free kernel driver (tools/kernel_driver/), which ncu can profile."""
+    dtype = a.dtype
     consts, attrs = _tables_and_attrs(tables, slot == SLOT_X, dtype, shared=shared, unweighted=unweighted,
                                       num_nodes=num_nodes, sh=sh)
+    empty = jnp.zeros((0,), jnp.int32)
+    senders, receivers = graph if graph else (empty, empty)
+    seg, scratch_rows = (empty, empty, empty), 0
+    # The x gradient scatters to senders, which are rarely sorted: atomics would then hit a new row
+    # at every edge, so the channelwise kernel takes the sender-sorted lists in both modes.
+    if graph and slot in (SLOT_X, SLOT_Z) and (deterministic or (slot == SLOT_X and tables.kernel == KERNEL_UVU)):
+        seg = _edge_lists(receivers if slot == SLOT_Z else senders, num_nodes)
+        # at most this many extra pieces: sum of (count - 1) // P over nodes <= E // P
+        scratch_rows = senders.shape[0] // SEGMENT_PIECE_EDGES if tables.kernel == KERNEL_UVU else 0
+    results = (jax.ShapeDtypeStruct(out_shape, dtype), jax.ShapeDtypeStruct((scratch_rows * out_shape[-1],), dtype))
+    return (a, b, c, senders, receivers, *seg, *consts), dict(slot=np.int32(slot), **attrs), results
 
+
+def _lowering(ctx, a, b, c, *graph, **params):
     def body(a, b, c, *graph):
-        empty = jnp.zeros((0,), jnp.int32)
-        senders, receivers = graph if graph else (empty, empty)
-        seg, scratch_rows = (empty, empty, empty), 0
-        # The x gradient scatters to senders, which are rarely sorted: atomics would then hit a new row
-        # at every edge, so the channelwise kernel takes the sender-sorted lists in both modes.
-        if graph and slot in (SLOT_X, SLOT_Z) and (deterministic or (slot == SLOT_X and tables.kernel == KERNEL_UVU)):
-            seg = _edge_lists(receivers if slot == SLOT_Z else senders, num_nodes)
-            # at most this many extra pieces: sum of (count - 1) // P over nodes <= E // P
-            scratch_rows = senders.shape[0] // SEGMENT_PIECE_EDGES if tables.kernel == KERNEL_UVU else 0
-        out_shape = ctx.avals_out[0].shape
-        out, _ = jax.ffi.ffi_call("jbm_tp", (jax.ShapeDtypeStruct(out_shape, dtype),
-                                             jax.ShapeDtypeStruct((scratch_rows * out_shape[-1],), dtype)))(
-            a, b, c, senders, receivers, *seg, *consts, slot=np.int32(slot), **attrs)
+        operands, attrs, results = tp_call_args(a, b, c, graph, ctx.avals_out[0].shape, **params)
+        out, _ = jax.ffi.ffi_call("jbm_tp", results)(*operands, **attrs)
         return [out]
 
     return mlir.lower_fun(body, multiple_results=True)(ctx, a, b, c, *graph)
