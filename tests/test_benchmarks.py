@@ -26,6 +26,21 @@ def test_cpu_mode_runs_and_checks_every_row(tmp_path):
     assert "| workload |" in (out / "results.md").read_text()
 
 
+def test_nequix_rows_checked_against_fp64(tmp_path):
+    """The Nequix workloads (small model on the CPU): every row, e3nn-jax's fp32 row included, carries
+    its distance to the fp64 run of the same model, and all are within the benchmark's tolerance."""
+    pytest.importorskip("nequix")
+    out = tmp_path / "results"
+    subprocess.run([sys.executable, "-m", "benchmarks", "--cpu", "--only", "nequix", "--out", str(out)],
+                   check=True, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
+    assert {r["library"] for r in rows} >= {"e3nn-jax", "jaxbatmobile", "jaxbatmobile det"} and len(rows) == 6
+    for r in rows:
+        assert r["status"] == "ok" and r["dtype"] == "float32", r
+        # fp32 against fp64: not zero (the reference really is fp64), and within the tolerance
+        assert 0 < r["error"] < 1e-4, r
+
+
 def test_plot_of_speedups(tmp_path):
     pytest.importorskip("matplotlib")
     sys.path.insert(0, str(ROOT))
