@@ -1,6 +1,7 @@
 """Fused convolution, MACE-medium, N = 5,000 nodes, E = 150,000 edges, per-edge weights (GOALS.md):
-ours (atomic and deterministic) vs e3nn-jax unfused (gather, FunctionalTensorProduct, segment_sum);
-and the force-training step (positions → SH → conv → energy → forces → ‖F‖² → gradient w.r.t. node
+ours (atomic and deterministic) vs e3nn-jax unfused (gather, FunctionalTensorProduct, segment_sum) and
+cuequivariance-jax (segmented_polynomial with gather/scatter indices; its inputs and outputs in ir_mul,
+converted outside the timed function); and the force-training step (positions → SH → conv → energy → forces → ‖F‖² → gradient w.r.t. node
 features and edge weights) with our sh_conv (SH in the kernel) vs e3nn-jax."""
 
 from __future__ import annotations
@@ -12,7 +13,9 @@ import numpy as np
 import jaxbatmobile as jb
 from jaxbatmobile._src import reference
 
-from .common import Report, run_case
+from . import cue_tp
+from .common import Report, Row, run_case
+from .peers import cue
 
 SH3 = "0e+1o+2e+3o"
 
@@ -44,6 +47,20 @@ def run(report: Report, num_nodes: int, num_edges: int, dtype: str = "float32", 
     for lib, f in libs:
         run_case(report, workload=f"{name} fwd", library=lib, dtype=dtype, fn=jax.jit(f), input_sets=sets,
                  reference=ref64, tol=tol, nbytes=nbytes, flops=None)
+    # cuequivariance-jax: its CUDA kernel on the GPU, its plain-JAX method elsewhere (a check of this code)
+    cue_conv = None
+    if cue is not None:
+        method = "uniform_1d" if jax.default_backend() == "gpu" else "naive"
+        cue_conv = cue_tp.conv(tp, senders, receivers, num_nodes, method=method)
+    i1_, io_ = tp.irreps_in1, tp.irreps_out
+    if cue_conv is not None:
+        cue_sets = [(cue_tp.to_ir_mul(i1_, x), y, w, cue_tp.to_ir_mul(io_, g)) for x, y, w, g in sets]
+        cue_ref = lambda x, y, w, g: cue_tp.to_ir_mul(io_, ref64(cue_tp.from_ir_mul(i1_, x), y, w, g))  # noqa: E731
+        run_case(report, workload=f"{name} fwd", library="cuequivariance", dtype=dtype,
+                 fn=jax.jit(lambda x, y, w, g: cue_conv(x, y, w)), input_sets=cue_sets, reference=cue_ref, tol=tol,
+                 nbytes=nbytes, flops=None)
+    else:
+        report.add(Row(f"{name} fwd", "cuequivariance", dtype, status="skipped: not available"))
 
     def fwd_bwd(f):
         def run(x, y, w, g):
@@ -55,6 +72,13 @@ def run(report: Report, num_nodes: int, num_edges: int, dtype: str = "float32", 
     for lib, f in libs:
         run_case(report, workload=f"{name} fwd+bwd", library=lib, dtype=dtype, fn=jax.jit(fwd_bwd(f)),
                  input_sets=sets, reference=ref_fb, tol=tol * 10, nbytes=2 * nbytes, flops=None)
+    if cue_conv is not None:
+        def cue_ref_fb(x, y, w, g):
+            out, dx, dy, dw = ref_fb(cue_tp.from_ir_mul(i1_, x), y, w, cue_tp.from_ir_mul(io_, g))
+            return cue_tp.to_ir_mul(io_, out), cue_tp.to_ir_mul(i1_, dx), dy, dw
+        run_case(report, workload=f"{name} fwd+bwd", library="cuequivariance", dtype=dtype,
+                 fn=jax.jit(fwd_bwd(lambda x, y, w, g: cue_conv(x, y, w))), input_sets=cue_sets,
+                 reference=cue_ref_fb, tol=tol * 10, nbytes=2 * nbytes, flops=None)
 
     # Force-training step (GOALS.md): inputs positions, node features, edge weights.
     pos_sets = [(jax.random.normal(keys[4 * i + 3], (num_nodes, 3), dtype) * 3.0, x, w) for i, (x, _, w, _) in
@@ -81,3 +105,14 @@ def run(report: Report, num_nodes: int, num_edges: int, dtype: str = "float32", 
         run_case(report, workload=f"force step MACE-medium N={num_nodes:,} E={num_edges:,}", library=lib,
                  dtype=dtype, fn=jax.jit(force_step(f)), input_sets=pos_sets, reference=step_ref, tol=tol * 100,
                  nbytes=None, flops=None)
+    if cue_conv is not None:  # SH from e3nn-jax (cue has no SH kernel), conv on x in ir_mul
+        # (the energy reads the scalar block, laid out alike in ir_mul and mul_ir)
+        cue_step = jax.jit(force_step(lambda x, v, w: cue_conv(x, sh(v), w)))
+        cue_pos_sets = [(pos, cue_tp.to_ir_mul(i1_, x), w) for pos, x, w in pos_sets]
+
+        def cue_step_ref(pos, x, w):
+            dx, dw = step_ref(pos, cue_tp.from_ir_mul(i1_, x), w)
+            return cue_tp.to_ir_mul(i1_, dx), dw
+        run_case(report, workload=f"force step MACE-medium N={num_nodes:,} E={num_edges:,}",
+                 library="cuequivariance", dtype=dtype, fn=cue_step, input_sets=cue_pos_sets,
+                 reference=cue_step_ref, tol=tol * 100, nbytes=None, flops=None)
