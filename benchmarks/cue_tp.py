@@ -31,11 +31,14 @@ def from_ir_mul(irreps, a):
     return jnp.concatenate(parts, axis=-1)
 
 
-def _polynomial(tp):
-    """The channelwise product as a cue SegmentedPolynomial (inputs w, x in ir_mul, y; output in ir_mul),
-    or None if cue is unavailable or the problem is not channelwise with single-channel y."""
+def channelwise(tp, method: str = "uniform_1d", graph=None):
+    """``f(x, y, w)`` on ir_mul x and output (w: e3nn's flat layout), or None if cue is unavailable
+    or the problem is not channelwise with single-channel y. With ``graph = (senders, receivers,
+    num_nodes)``, the convolution as cue runs it: x gathered by senders and the output scatter-summed
+    by receivers inside segmented_polynomial (its indices)."""
     try:
         import cuequivariance as cue
+        import cuequivariance_jax as cuex
         from e3nn_jax import clebsch_gordan
     except Exception:
         return None
@@ -56,39 +59,16 @@ def _polynomial(tp):
         w_seg = d.add_segment(0, (mul,))
         d.add_path(w_seg, ins.i_in1, ins.i_in2, ins.i_out, c=c)
     d = d.flatten_coefficient_modes()
-    return cue.SegmentedPolynomial.eval_last_operand(d)
-
-
-def channelwise(tp, method: str = "uniform_1d"):
-    """``f(x, y, w)`` on ir_mul x and output (w: e3nn's flat layout), or None (see _polynomial)."""
-    poly = _polynomial(tp)
-    if poly is None:
-        return None
-    import cuequivariance_jax as cuex
-
+    poly = cue.SegmentedPolynomial.eval_last_operand(d)
     dim_out = tp.irreps_out.dim
 
     def f(x, y, w):
-        shape = jax.ShapeDtypeStruct(x.shape[:-1] + (dim_out,), x.dtype)
-        return cuex.segmented_polynomial(poly, [w, x, y], [shape], method=method)[0]
-
-    return f
-
-
-def conv(tp, senders, receivers, num_nodes: int, method: str = "uniform_1d"):
-    """The convolution as cue runs it: ``f(x, y, w)`` with x gathered by senders and the output
-    scatter-summed by receivers inside segmented_polynomial (its indices); x and the output in ir_mul.
-    None if cue is unavailable or the problem does not fit (see _polynomial)."""
-    poly = _polynomial(tp)
-    if poly is None:
-        return None
-    import cuequivariance_jax as cuex
-
-    dim_out = tp.irreps_out.dim
-
-    def f(x, y, w):
-        shape = jax.ShapeDtypeStruct((num_nodes, dim_out), x.dtype)
-        return cuex.segmented_polynomial(poly, [w, x, y], [shape], [None, senders, None, receivers],
+        if graph is None:
+            shape, indices = x.shape[:-1] + (dim_out,), None
+        else:
+            senders, receivers, num_nodes = graph
+            shape, indices = (num_nodes, dim_out), [None, senders, None, receivers]
+        return cuex.segmented_polynomial(poly, [w, x, y], [jax.ShapeDtypeStruct(shape, x.dtype)], indices,
                                          method=method)[0]
 
     return f

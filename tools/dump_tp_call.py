@@ -17,19 +17,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-import jaxbatmobile as jb
 from jaxbatmobile._src import tensor_product as tpm
+from problems import PROBLEMS, inputs
 
-SH = "0e+1o+2e+3o"
-PROBLEMS = {  # name: (input irreps, output irreps, nodes or None for a plain product, edges or batch)
-    "mace-medium": ("128x0e+128x1o", "128x0e+128x1o+128x2e", 5000, 150_000),
-    "nequix-train": ("128x0e+128x1o+128x2e+128x3o", "128x0e+128x1o+128x2e+128x3o", 256, 11_253),
-    "nequix-md": ("128x0e+128x1o+128x2e+128x3o", "128x0e+128x1o+128x2e+128x3o", 864, 37_800),
-    "mace-large-tp": ("128x0e+128x1o+128x2e", "128x0e+128x1o+128x2e+128x3o", None, 50_000),
-    "mace-medium-tp": ("128x0e+128x1o", "128x0e+128x1o+128x2e", None, 50_000),
-    "small": ("40x0e+40x1o+8x2e", "40x0e+40x1o+8x2e", 30, 400),  # for the test of this tool (CPU)
-    "small-tp": ("40x0e+40x1o+8x2e", "40x0e+40x1o+8x2e", None, 300),
-}
 SLOTS = {"x": tpm.SLOT_X, "y": tpm.SLOT_Y, "w": tpm.SLOT_W, "z": tpm.SLOT_Z}
 
 
@@ -43,23 +33,13 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.dtype == "float64":
         jax.config.update("jax_enable_x64", True)
-    i1, io, nodes, rows = PROBLEMS[args.problem]
-    tp = jb.TensorProduct(i1, SH, io, jb.channelwise_instructions(i1, SH, io))
-    tables, slot, dtype = tp._tables, SLOTS[args.slot], jnp.dtype(args.dtype)
-    dim_x, dim_y, dim_z, num_w = tables.dims
-    rng = np.random.default_rng(0)
-    node_rows = rows if nodes is None else nodes
-    shapes = {tpm.SLOT_X: (node_rows, dim_x), tpm.SLOT_Y: (rows, dim_y), tpm.SLOT_W: (rows, num_w),
-              tpm.SLOT_Z: (node_rows, dim_z)}
-    ops = [jnp.asarray(rng.normal(size=shapes[s]), dtype) for s in (tpm.SLOT_X, tpm.SLOT_Y, tpm.SLOT_W, tpm.SLOT_Z)
-           if s != slot]
-    graph = ()
-    if nodes is not None:
-        graph = (jnp.asarray(rng.integers(0, nodes, rows), jnp.int32),
-                 jnp.asarray(np.sort(rng.integers(0, nodes, rows)), jnp.int32))
+    tp, graph, by_slot = inputs(args.problem, jnp.dtype(args.dtype))
+    tables, slot, nodes = tp._tables, SLOTS[args.slot], PROBLEMS[args.problem][2]
+    ops = [op for s, op in enumerate(by_slot) if s != slot]  # by_slot is (x, y, w, z): indexed by slot
+    out_shape = by_slot[slot].shape
     params = dict(tables=tables, slot=slot, shared=False, unweighted=True, num_nodes=nodes,
                   deterministic=args.det and nodes is not None, sh=None)
-    operands, attrs, results = tpm.tp_call_args(*ops, graph, shapes[slot], **params)
+    operands, attrs, results = tpm.tp_call_args(*ops, graph, out_shape, **params)
     # the same call through JAX (on the GPU if there is one)
     expected = tpm._bind(tables, slot, False, *ops, graph=(*graph, nodes, params["deterministic"]) if graph else None)
 

@@ -2,22 +2,18 @@
 (tensor_product.SEGMENT_PIECE_EDGES): forward and x gradient, both modes, on a Nequix-size graph (256 nodes,
 ~44 edges per node, 128x(0e+1o+2e+3o) channels) and on MACE-medium (5k nodes, 150k edges). Per-kernel
 GPU times from jax's profiler (tools/kernel_times.py), summed over the call. A tool for kernel work.
-Usage: python3 tools/sweep_pieces.py [piece lengths, default 64,32,16,12,8] [problems, default all]"""
+Usage: python3 tools/sweep_pieces.py [piece lengths, default 64,32,16,12,8] [problems of tools/problems.py, default the three above]"""
 import sys
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 import jaxbatmobile as jb
 from jaxbatmobile._src import tensor_product
 from kernel_times import kernel_table
+from problems import PROBLEMS, inputs
 
-PROBLEMS = {  # name: (input irreps, output irreps, nodes, edges)
-    "nequix-train": ("128x0e+128x1o+128x2e+128x3o", "128x0e+128x1o+128x2e+128x3o", 256, 11_253),
-    "nequix-md": ("128x0e+128x1o+128x2e+128x3o", "128x0e+128x1o+128x2e+128x3o", 864, 37_800),
-    "mace-medium": ("128x0e+128x1o", "128x0e+128x1o+128x2e", 5000, 150_000),
-}
+SWEPT = ("nequix-train", "nequix-md", "mace-medium")  # of tools/problems.py
 
 
 def gpu_ms(fn, *args):
@@ -28,18 +24,10 @@ def gpu_ms(fn, *args):
     return total, ours
 
 
-def main(pieces, problems=tuple(PROBLEMS)):
-    rng = np.random.default_rng(0)
-    sh = "0e+1o+2e+3o"
+def main(pieces, problems=SWEPT):
     for name in problems:
-        i1, io, n, e = PROBLEMS[name]
-        tp = jb.TensorProduct(i1, sh, io, jb.channelwise_instructions(i1, sh, io))
-        s = jnp.asarray(rng.integers(0, n, e), jnp.int32)
-        r = jnp.asarray(np.sort(rng.integers(0, n, e)), jnp.int32)
-        x = jnp.asarray(rng.normal(size=(n, tp.irreps_in1.dim)), jnp.float32)
-        y = jnp.asarray(rng.normal(size=(e, 16)), jnp.float32)
-        w = jnp.asarray(rng.normal(size=(e, tp.weight_numel)), jnp.float32)
-        dz = jnp.asarray(rng.normal(size=(n, tp.irreps_out.dim)), jnp.float32)
+        tp, (s, r), (x, y, w, dz) = inputs(name)
+        n = PROBLEMS[name][2]
         for p in pieces:
             tensor_product.SEGMENT_PIECE_EDGES = p
             for det in (False, True):
@@ -52,4 +40,4 @@ def main(pieces, problems=tuple(PROBLEMS)):
 
 if __name__ == "__main__":
     main([int(p) for p in sys.argv[1].split(",")] if len(sys.argv) > 1 else [64, 32, 16, 12, 8],
-         sys.argv[2].split(",") if len(sys.argv) > 2 else tuple(PROBLEMS))
+         sys.argv[2].split(",") if len(sys.argv) > 2 else SWEPT)
