@@ -1,9 +1,10 @@
 """Fused convolution, MACE-medium, N = 5,000 nodes, E = 150,000 edges, per-edge weights (GOALS.md):
 ours (atomic and deterministic) vs e3nn-jax unfused (gather, FunctionalTensorProduct, segment_sum) and
 cuequivariance-jax (segmented_polynomial with gather/scatter indices; its inputs and outputs in ir_mul,
-converted outside the timed function); and the force-training step (positions → SH → conv → energy →
+converted outside the timed function) vs openequivariance-jax (TensorProductConv, atomic and
+deterministic); and the force-training step (positions → SH → conv → energy →
 forces → ‖F‖² → gradient w.r.t. node features and edge weights) with our sh_conv (SH in the kernel) vs
-e3nn-jax and cuequivariance-jax (SH from e3nn-jax)."""
+e3nn-jax, cuequivariance-jax and openequivariance-jax (SH from e3nn-jax for both)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import numpy as np
 import jaxbatmobile as jb
 from jaxbatmobile._src import reference
 
-from . import cue_tp
+from . import cue_tp, oeq_tp
 from .common import Report, Row, run_case
 from .peers import cue
 
@@ -62,6 +63,16 @@ def run(report: Report, num_nodes: int, num_edges: int, dtype: str = "float32", 
                  nbytes=nbytes, flops=None)
     else:
         report.add(Row(f"{name} fwd", "cuequivariance", dtype, status="skipped: not available"))
+    oeq_convs = []  # (library, OeqOp)
+    for lib, det_mode in (("openequivariance", False), ("openequivariance det", True)):
+        op, status = oeq_tp.conv(tp, senders, receivers, deterministic=det_mode, dtype=dtype)
+        if op is None:
+            report.add(Row(f"{name} fwd", lib, dtype, status=status))
+            continue
+        oeq_convs.append((lib, op))
+        run_case(report, workload=f"{name} fwd", library=lib, dtype=dtype,
+                 fn=jax.jit(lambda x, y, w, g, f=op.fn: f(x, y, w)), input_sets=sets,
+                 reference=op.reference(ref64), tol=tol, nbytes=nbytes, flops=None)
 
     def fwd_bwd(f):
         def run(x, y, w, g):
@@ -80,6 +91,11 @@ def run(report: Report, num_nodes: int, num_edges: int, dtype: str = "float32", 
         run_case(report, workload=f"{name} fwd+bwd", library="cuequivariance", dtype=dtype,
                  fn=jax.jit(fwd_bwd(lambda x, y, w, g: cue_conv(x, y, w))), input_sets=cue_sets,
                  reference=cue_ref_fb, tol=tol * 10, nbytes=2 * nbytes, flops=None)
+    for lib, op in oeq_convs:
+        run_case(report, workload=f"{name} fwd+bwd", library=lib, dtype=dtype,
+                 fn=jax.jit(fwd_bwd(lambda x, y, w, g, f=op.fn: f(x, y, w))), input_sets=sets,
+                 reference=jax.jit(op.reference(ref_fb, weight_grad=3)), tol=tol * 10, nbytes=2 * nbytes,
+                 flops=None)
 
     # Force-training step (GOALS.md): inputs positions, node features, edge weights.
     pos_sets = [(jax.random.normal(keys[4 * i + 3], (num_nodes, 3), dtype) * 3.0, x, w) for i, (x, _, w, _) in
@@ -117,3 +133,8 @@ def run(report: Report, num_nodes: int, num_edges: int, dtype: str = "float32", 
         run_case(report, workload=f"force step MACE-medium N={num_nodes:,} E={num_edges:,}",
                  library="cuequivariance", dtype=dtype, fn=cue_step, input_sets=cue_pos_sets,
                  reference=cue_step_ref, tol=tol * 100, nbytes=None, flops=None)
+    for lib, op in oeq_convs:  # SH from e3nn-jax, as for cue
+        run_case(report, workload=f"force step MACE-medium N={num_nodes:,} E={num_edges:,}", library=lib,
+                 dtype=dtype, fn=jax.jit(force_step(lambda x, v, w, f=op.fn: f(x, sh(v), w))),
+                 input_sets=pos_sets, reference=op.reference(step_ref, weights_at=2, weight_grad=1), tol=tol * 100,
+                 nbytes=None, flops=None)

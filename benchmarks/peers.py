@@ -1,5 +1,7 @@
 """Optional peer libraries: each is None when it cannot be imported here."""
 
+import os
+
 try:
     import e3nn_jax as e3nn
 except ImportError:  # pragma: no cover
@@ -10,7 +12,9 @@ try:
 except Exception:  # not installed, or its kernels don't load on this machine
     cue = None
 
+os.environ.setdefault("OEQ_NOTORCH", "1")  # OEQ's JAX API without its PyTorch half
 try:
-    import openequivariance as oeq  # noqa: F401
+    import openequivariance as oeq
+    import openequivariance.jax  # noqa: F401  (oeq.jax, built on openequivariance_extjax)
 except Exception:
     oeq = None

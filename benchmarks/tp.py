@@ -1,5 +1,6 @@
 """Tensor products at batch 50k, per-row weights: ours vs e3nn-jax (vmapped FunctionalTensorProduct)
-vs cuequivariance-jax (the same paths as a segmented polynomial, benchmarks/cue_tp.py)."""
+vs cuequivariance-jax (the same paths as a segmented polynomial, benchmarks/cue_tp.py) vs
+openequivariance-jax (its TensorProduct on the same problem, benchmarks/oeq_tp.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import numpy as np
 import jaxbatmobile as jb
 from jaxbatmobile._src import reference
 
-from . import cue_tp
+from . import cue_tp, oeq_tp
 from .common import Report, Row, run_case
 from .peers import cue
 
@@ -59,6 +60,12 @@ def run(report: Report, batch: int, dtypes, scale: int = 1, names=None, sets: in
             sets_ = [(mk(keys[4 * i], tp.irreps_in1.dim), mk(keys[4 * i + 1], tp.irreps_in2.dim),
                       mk(keys[4 * i + 2], tp.weight_numel), mk(keys[4 * i + 3], tp.irreps_out.dim)) for i in range(sets)]
             nbytes, flops = count(tp, batch, itemsize)
+
+            def fwd_bwd(f):
+                def run(x, y, w, g):
+                    out, vjp = jax.vjp(lambda x, y, w: f(x, y, w, None), x, y, w)
+                    return (out,) + vjp(g)
+                return run
             tol = 1e-5 if dtype == "float32" else 1e-12
             ours = lambda x, y, w, g, tp=tp: tp(x, y, w)  # noqa: E731
             e3 = lambda x, y, w, g, tp=tp: reference.tensor_product(tp, x, y, w, False)  # noqa: E731
@@ -74,15 +81,16 @@ def run(report: Report, batch: int, dtypes, scale: int = 1, names=None, sets: in
                 peers.append(("cuequivariance", lambda x, y, w, g, f=cue_f: f(x, y, w), cue_sets, cue_ref))
             elif name in ("MACE-large uvu", "MACE-medium uvu"):
                 report.add(Row(f"TP {name} B={batch:,} fwd", "cuequivariance", dtype, status="skipped: not available"))
+            ref_fb64 = lambda *a: fwd_bwd(e3)(*(b.astype(jnp.float64) for b in a))  # noqa: E731
+            oeq_op, oeq_status = oeq_tp.tensor_product(tp, dtype)
+            if oeq_op is not None:
+                peers.append(("openequivariance", lambda x, y, w, g, f=oeq_op.fn: f(x, y, w), sets_,
+                              oeq_op.reference(ref64)))
+            elif name in ("MACE-large uvu", "MACE-medium uvu") or oeq_status.startswith("failed"):
+                report.add(Row(f"TP {name} B={batch:,} fwd", "openequivariance", dtype, status=oeq_status))
             for lib, f, inputs, ref in peers:
                 run_case(report, workload=f"TP {name} B={batch:,} fwd", library=lib, dtype=dtype, fn=jax.jit(f),
                          input_sets=inputs, reference=ref, tol=tol, nbytes=nbytes, flops=flops)
-
-            def fwd_bwd(f):
-                def run(x, y, w, g):
-                    out, vjp = jax.vjp(lambda x, y, w: f(x, y, w, None), x, y, w)
-                    return (out,) + vjp(g)
-                return run
 
             # Floor for fwd+bwd: read x, y, w, g; write out, dx, dy, dw.
             fb_bytes = 2 * nbytes
@@ -94,8 +102,10 @@ def run(report: Report, batch: int, dtypes, scale: int = 1, names=None, sets: in
                         out, dx, dy, dw = fwd_bwd(e3)(*(b.astype(jnp.float64) for b in
                                                         (cue_tp.from_ir_mul(i1, x), y, w, cue_tp.from_ir_mul(io, g))))
                         return cue_tp.to_ir_mul(io, out), cue_tp.to_ir_mul(i1, dx), dy, dw
+                elif lib == "openequivariance":
+                    ref_fb = oeq_op.reference(ref_fb64, weight_grad=3)
                 else:
-                    ref_fb = lambda *a: fwd_bwd(e3)(*(b.astype(jnp.float64) for b in a))  # noqa: E731
+                    ref_fb = ref_fb64
                 run_case(report, workload=f"TP {name} B={batch:,} fwd+bwd", library=lib, dtype=dtype,
                          fn=jax.jit(fwd_bwd(f)), input_sets=inputs, reference=jax.jit(ref_fb), tol=tol * 10,
                          nbytes=fb_bytes, flops=3 * flops)

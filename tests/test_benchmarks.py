@@ -53,3 +53,59 @@ def test_plot_of_speedups(tmp_path):
     assert plot.speedups([path]) == {"[float32] w": {"jaxbatmobile": 4.0}}
     plot.plot([path], str(tmp_path / "s.png"))
     assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+class _FakeOeq:
+    """openequivariance's JAX API as the benchmark calls it, computed by the unfused reference, with the
+    weights of each row in reversed order (so that a missing or doubled reorder shows as WRONG). It checks
+    the glue in benchmarks/oeq_tp.py (argument order, weight order, the deterministic permutation), not
+    OEQ itself, which needs a GPU."""
+
+    class TPProblem:
+        def __init__(self, irreps_in1, irreps_in2, irreps_out, instructions, *, shared_weights, internal_weights,
+                     irrep_normalization, path_normalization, irrep_dtype, weight_dtype):
+            assert not shared_weights and not internal_weights and irrep_dtype == weight_dtype
+            self.args = (irreps_in1, irreps_in2, irreps_out, instructions)
+
+    class jax:
+        class TensorProduct:
+            def __init__(self, problem):
+                import jaxbatmobile as jb
+                self.tp = jb.TensorProduct(*problem.args)
+
+            def reorder_weights_from_e3nn(self, w, has_batch_dim=True):
+                assert has_batch_dim
+                return w[..., ::-1]
+
+            reorder_weights_to_e3nn = reorder_weights_from_e3nn
+
+            def forward(self, x, y, w):
+                from jaxbatmobile._src import reference
+                return reference.tensor_product(self.tp, x, y, w[..., ::-1], False)
+
+        class TensorProductConv(TensorProduct):
+            def __init__(self, problem, deterministic):
+                super().__init__(problem)
+                self.deterministic = deterministic
+
+            def forward(self, x, y, w, rows, cols, sender_perm=None):
+                import numpy as np
+                from jaxbatmobile._src import reference
+                assert np.all(np.diff(np.asarray(rows)) >= 0), "OEQ wants receiver-sorted edges"
+                if self.deterministic:  # the permutation lists the edges in sender order
+                    assert np.all(np.diff(np.asarray(cols)[np.asarray(sender_perm)]) >= 0)
+                return reference.conv(self.tp, x, y, w[..., ::-1], cols, rows, x.shape[0], False)
+
+
+def test_openequivariance_rows_glue(monkeypatch):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import common, conv, oeq_tp, peers, tp
+
+    monkeypatch.setattr(peers, "oeq", _FakeOeq)
+    monkeypatch.setattr(oeq_tp, "_available", lambda: True)
+    report = common.Report(1e9)
+    tp.run(report, batch=32, dtypes=["float32"], scale=32, names=["MACE-medium uvu"], sets=1)
+    conv.run(report, num_nodes=20, num_edges=120, scale=32)
+    rows = [r for r in report.rows if r.library.startswith("openequivariance")]
+    assert len(rows) == 8, [(r.workload, r.library) for r in rows]  # TP fwd, fwd+bwd; conv 2 modes x 3
+    assert all(r.status == "ok" for r in rows), [(r.workload, r.library, r.status) for r in rows]
