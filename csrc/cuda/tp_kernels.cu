@@ -739,8 +739,12 @@ __device__ void uvu_edge_y_path(const TpCall& c, const TpPath& p, T pw, const Ed
   T b[D1 * DO];
   for (int q = 0; q < D1 * DO; ++q) b[q] = T(0);
   // R channels per lane at a time, all their loads issued before any use: the gathered rows come from
-  // L2, and a lane waiting on one channel at a time is latency-bound.
-  constexpr int R = sizeof(T) == 4 ? 4 : 2;
+  // L2, and a lane waiting on one channel at a time is latency-bound. Fewer for the large blocks: one
+  // kernel holds every degree combination, so the largest sets the register count of all problems
+  // (4 channels of 3 ⊗ 3 everywhere: 168 registers in fp32, 3 blocks per SM, also for MACE-medium, whose
+  // degrees are ≤ 2).
+  constexpr int kMaxR = sizeof(T) == 4 ? 4 : 2, kShrink = D1 + DO <= 8 ? 1 : D1 + DO <= 12 ? 2 : 4;
+  constexpr int R = kMaxR / kShrink > 0 ? kMaxR / kShrink : 1;
   for (int32_t u0 = lane; u0 < p.mul1; u0 += 32 * R) {
     T xs[R][D1], zs[R][DO], ws[R];
 #pragma unroll
