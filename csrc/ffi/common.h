@@ -2,8 +2,8 @@
 #pragma once
 
 #include <cstdint>
-#include <sstream>
 #include <string>
+#include <type_traits>
 
 #include "xla/ffi/api/ffi.h"
 
@@ -11,10 +11,21 @@ namespace jbm::ffi_util {
 
 namespace ffi = xla::ffi;
 
+// Messages are built by appending strings and std::to_string, not with iostreams: on the GPU machine's
+// image (jaxlib 0.11.2) an ostringstream's `<< long` inside our module crashed the process
+// (SIGSEGV in basic_ostream::_M_insert<long>, the locale facets of the module's copy; cuda-gdb backtrace
+// in benchmarks/NOTES.md, session 9), so a handler's error became a crash instead of a Python exception.
+inline void append(std::string& s, const char* v) { s += v; }
+inline void append(std::string& s, const std::string& v) { s += v; }
+template <typename T, typename = std::enable_if_t<std::is_arithmetic_v<T>>>
+void append(std::string& s, T v) {
+  s += std::to_string(v);
+}
+
 template <typename... Args> std::string str(const Args&... args) {
-  std::ostringstream os;
-  (os << ... << args);
-  return os.str();
+  std::string s;
+  (append(s, args), ...);
+  return s;
 }
 
 template <typename... Args> ffi::Error invalid(const Args&... args) {
