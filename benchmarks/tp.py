@@ -4,6 +4,7 @@ openequivariance-jax (its TensorProduct on the same problem, benchmarks/oeq_tp.p
 
 from __future__ import annotations
 
+import e3nn_jax as e3nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -30,6 +31,17 @@ def problems(scale: int = 1) -> dict:
         "Nequix uvu": (f"{m(128)}x0e+{m(64)}x1o+{m(32)}x2e+{m(32)}x3o", SH3, f"{m(128)}x0e+{m(64)}x1o+{m(32)}x2e+{m(32)}x3o"),
     }.items():
         out[name] = jb.TensorProduct(i1, i2, io, jb.channelwise_instructions(i1, i2, io))
+    # Nequix's own layer (nequix/model.py): every path writes its own output block (the model sorts and
+    # mixes them afterwards), so the output is 5472 wide, not the 704 of the summed "Nequix uvu" above.
+    i1 = e3nn.Irreps(f"{m(128)}x0e+{m(64)}x1o+{m(32)}x2e+{m(32)}x3o")
+    layer_out, layer_ins = [], []
+    for a, (mul, ir1) in enumerate(i1):
+        for b, (_, ir2) in enumerate(e3nn.Irreps(SH3)):
+            for iro in ir1 * ir2:
+                if iro.l <= 3 and iro.p == (-1) ** iro.l:  # the layer's output irreps: 0e, 1o, 2e, 3o
+                    layer_ins.append((a, b, len(layer_out), "uvu", True))
+                    layer_out.append((mul, iro))
+    out["Nequix layer uvu"] = jb.TensorProduct(i1, SH3, e3nn.Irreps(layer_out), layer_ins)
     i1, i2, io = f"{m(32)}x0e+{m(32)}x1o", f"{m(8)}x0e+{m(8)}x1o", f"{m(32)}x0e+{m(32)}x1o"
     ins = [(0, 0, 0, "uvw", True), (0, 1, 1, "uvw", True), (1, 0, 1, "uvw", True), (1, 1, 0, "uvw", True)]
     out["FC uvw"] = jb.TensorProduct(i1, i2, io, ins)
