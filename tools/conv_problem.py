@@ -1,4 +1,4 @@
-"""The conv problem of the profiling tools (profile_conv.py, time_conv_parts.py): MACE-medium irreps,
+"""The conv problem of the profiling tools (profile_conv.py, memory_peak.py): MACE-medium irreps,
 N=5k nodes, E=150k edges (receiver-sorted, as in GOALS.md), fp32; a small version on the CPU."""
 import jax
 import jax.numpy as jnp
