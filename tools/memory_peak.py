@@ -17,25 +17,13 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + f" --xla_dump_to={D
                            " --xla_dump_hlo_module_re=.*loss.*").strip()
 
 import jax  # noqa: E402
-import jax.numpy as jnp  # noqa: E402
-
-import jaxbatmobile as jb  # noqa: E402
-from conv_problem import m, n, pos, r, s, tp, w, x  # noqa: E402
+from conv_problem import force_loss, pos, w, x  # noqa: E402
 
 det = (sys.argv[1] if len(sys.argv) > 1 else "atomic") == "det"
 top = int(sys.argv[2]) if len(sys.argv) > 2 else 12
 
 
-def loss(x, w, pos):
-    def energy(pos):
-        vec = pos[r] - pos[s]
-        out = jb.sh_conv(tp, x, vec, w * jnp.exp(-0.01 * jnp.sum(vec**2, -1))[:, None], s, r, num_nodes=n,
-                         deterministic=det)
-        return jnp.sum(out[:, :m] ** 2)
-    return jnp.sum(jax.grad(energy)(pos) ** 2)
-
-
-compiled = jax.jit(jax.grad(loss, argnums=(0, 1))).lower(x, w, pos).compile()
+compiled = jax.jit(jax.grad(force_loss(det), argnums=(0, 1))).lower(x, w, pos).compile()
 ma = compiled.memory_analysis()
 total = ma.argument_size_in_bytes + ma.output_size_in_bytes + ma.temp_size_in_bytes - ma.alias_size_in_bytes
 print(f"{jax.devices()[0].device_kind}, {'det' if det else 'atomic'}: arguments {ma.argument_size_in_bytes / 1e9:.3f} GB, "

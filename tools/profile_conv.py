@@ -6,7 +6,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import jaxbatmobile as jb
-from conv_problem import m, n, pos, r, s, tp, w, x, y
+from conv_problem import force_loss, n, pos, r, s, tp, w, x, y
 
 parts = (sys.argv[1] if len(sys.argv) > 1 else "fwd,bwd,force").split(",")
 modes = (sys.argv[2] if len(sys.argv) > 2 else "det,atomic").split(",")
@@ -16,17 +16,9 @@ for mode in modes:
     def conv(x, y, w, det=det):
         return jb.conv(tp, x, y, w, s, r, num_nodes=n, deterministic=det)
 
-    def loss(x, w, pos, det=det):
-        def energy(pos):
-            vec = pos[r] - pos[s]
-            out = jb.sh_conv(tp, x, vec, w * jnp.exp(-0.01 * jnp.sum(vec**2, -1))[:, None], s, r, num_nodes=n,
-                             deterministic=det)
-            return jnp.sum(out[:, :m] ** 2)
-        return jnp.sum(jax.grad(energy)(pos) ** 2)
-
     calls = {"fwd": (jax.jit(conv), (x, y, w)),
              "bwd": (jax.jit(jax.grad(lambda x, y, w: jnp.sum(conv(x, y, w) ** 2), argnums=(0, 1, 2))), (x, y, w)),
-             "force": (jax.jit(jax.grad(loss, argnums=(0, 1))), (x, w, pos))}
+             "force": (jax.jit(jax.grad(force_loss(det), argnums=(0, 1))), (x, w, pos))}
     for part in parts:
         f, args = calls[part]
         print(f"== {mode} {part}", file=sys.stderr, flush=True)
