@@ -25,9 +25,9 @@ def main() -> None:
     args = ap.parse_args()
 
     jax.config.update("jax_enable_x64", True)
-    on_gpu = jax.default_backend() == "gpu" and not args.cpu
-    if not on_gpu:
+    if args.cpu:  # before anything asks jax for a backend: afterwards the platform is fixed
         jax.config.update("jax_platforms", "cpu")
+    on_gpu = jax.default_backend() == "gpu"
     bandwidth = common.measure_copy_bandwidth(1 << 30 if on_gpu else 1 << 26)
     report = common.Report(bandwidth)
     print(f"# {report.meta}", flush=True)

@@ -27,8 +27,11 @@ def run(report: Report, num_nodes: int, num_edges: int, dtype: str = "float32", 
     i1, io = f"{m}x0e+{m}x1o", f"{m}x0e+{m}x1o+{m}x2e"
     tp = jb.TensorProduct(i1, SH3, io, jb.channelwise_instructions(i1, SH3, io))
     rng = np.random.default_rng(0)
-    senders = jnp.asarray(rng.integers(0, num_nodes, num_edges), jnp.int32)
-    receivers = jnp.asarray(np.sort(rng.integers(0, num_nodes, num_edges)), jnp.int32)  # sorted, as in GOALS
+    # Edges sorted by receiver (as in GOALS), ties by sender: the order of a neighbour list, and the one
+    # OpenEquivariance's own graphs have (its CoordGraph sorts by (row, col)); all libraries get it.
+    senders, receivers = rng.integers(0, num_nodes, num_edges), rng.integers(0, num_nodes, num_edges)
+    order = np.lexsort((senders, receivers))
+    senders, receivers = (jnp.asarray(a[order], jnp.int32) for a in (senders, receivers))
     keys = jax.random.split(jax.random.key(1), 8)
     sets = [(jax.random.normal(keys[4 * i], (num_nodes, tp.irreps_in1.dim), dtype),
              jax.random.normal(keys[4 * i + 1], (num_edges, 16), dtype),

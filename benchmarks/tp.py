@@ -42,15 +42,23 @@ def problems(scale: int = 1) -> dict:
                     layer_ins.append((a, b, len(layer_out), "uvu", True))
                     layer_out.append((mul, iro))
     out["Nequix layer uvu"] = jb.TensorProduct(i1, SH3, e3nn.Irreps(layer_out), layer_ins)
-    i1, i2, io = f"{m(32)}x0e+{m(32)}x1o", f"{m(8)}x0e+{m(8)}x1o", f"{m(32)}x0e+{m(32)}x1o"
+    # Fully connected (uvw): shared weights, as e3nn's FullyConnectedTensorProduct holds them (SHARED_WEIGHTS),
+    # and a per-row variant with fewer channels (per-row uvw weights are mul1·mul2·mul_out per row: at
+    # 32 channels, 6.5 GB for the batch, and the fp64 reference of the backward did not fit in 80 GB).
     ins = [(0, 0, 0, "uvw", True), (0, 1, 1, "uvw", True), (1, 0, 1, "uvw", True), (1, 1, 0, "uvw", True)]
-    out["FC uvw"] = jb.TensorProduct(i1, i2, io, ins)
+    for name, c in (("FC uvw", 32), ("FC uvw per-row", 16)):
+        i1, i2, io = f"{m(c)}x0e+{m(c)}x1o", f"{m(8)}x0e+{m(8)}x1o", f"{m(c)}x0e+{m(c)}x1o"
+        out[name] = jb.TensorProduct(i1, i2, io, ins)
     return out
 
 
-def count(tp, batch, itemsize):
+SHARED_WEIGHTS = {"FC uvw"}  # problems timed with one weight vector for the batch; the others per row
+
+
+def count(tp, batch, itemsize, shared=False):
     """Bytes (each operand read once, output written once) and FLOPs (2 per multiply-add)."""
-    nbytes = batch * (tp.irreps_in1.dim + tp.irreps_in2.dim + tp.weight_numel + tp.irreps_out.dim) * itemsize
+    nbytes = (batch * (tp.irreps_in1.dim + tp.irreps_in2.dim + tp.irreps_out.dim)
+              + tp.weight_numel * (1 if shared else batch)) * itemsize
     t = tp._tables
     flops = 0
     for row in t.paths:
@@ -68,10 +76,12 @@ def run(report: Report, batch: int, dtypes, scale: int = 1, names=None, sets: in
         for dtype in dtypes:
             itemsize = np.dtype(dtype).itemsize
             keys = jax.random.split(jax.random.key(batch), 4 * sets)
-            mk = lambda k, d: jax.random.normal(k, (batch, d), dtype)  # noqa: E731
+            shared = name in SHARED_WEIGHTS
+            mk = lambda k, d, rows=(batch,): jax.random.normal(k, rows + (d,), dtype)  # noqa: E731
             sets_ = [(mk(keys[4 * i], tp.irreps_in1.dim), mk(keys[4 * i + 1], tp.irreps_in2.dim),
-                      mk(keys[4 * i + 2], tp.weight_numel), mk(keys[4 * i + 3], tp.irreps_out.dim)) for i in range(sets)]
-            nbytes, flops = count(tp, batch, itemsize)
+                      mk(keys[4 * i + 2], tp.weight_numel, () if shared else (batch,)),
+                      mk(keys[4 * i + 3], tp.irreps_out.dim)) for i in range(sets)]
+            nbytes, flops = count(tp, batch, itemsize, shared)
 
             def fwd_bwd(f):
                 def run(x, y, w, g):
@@ -80,9 +90,9 @@ def run(report: Report, batch: int, dtypes, scale: int = 1, names=None, sets: in
                 return run
             tol = 1e-5 if dtype == "float32" else 1e-12
             ours = lambda x, y, w, g, tp=tp: tp(x, y, w)  # noqa: E731
-            e3 = lambda x, y, w, g, tp=tp: reference.tensor_product(tp, x, y, w, False)  # noqa: E731
-            ref64 = lambda x, y, w, g, tp=tp: reference.tensor_product(  # noqa: E731
-                tp, *(a.astype(jnp.float64) for a in (x, y, w)), False)
+            e3 = lambda x, y, w, g, tp=tp, s=shared: reference.tensor_product(tp, x, y, w, s)  # noqa: E731
+            ref64 = lambda x, y, w, g, tp=tp, s=shared: reference.tensor_product(  # noqa: E731
+                tp, *(a.astype(jnp.float64) for a in (x, y, w)), s)
             cue_f = cue_tp.channelwise(tp) if cue is not None and jax.default_backend() == "gpu" else None
             peers = [("jaxbatmobile", ours, sets_, ref64), ("e3nn-jax", e3, sets_, ref64)]
             if cue_f is not None:
@@ -94,7 +104,7 @@ def run(report: Report, batch: int, dtypes, scale: int = 1, names=None, sets: in
             elif name in ("MACE-large uvu", "MACE-medium uvu"):
                 report.add(Row(f"TP {name} B={batch:,} fwd", "cuequivariance", dtype, status="skipped: not available"))
             ref_fb64 = lambda *a: fwd_bwd(e3)(*(b.astype(jnp.float64) for b in a))  # noqa: E731
-            oeq_op, oeq_status = oeq_tp.tensor_product(tp, dtype)
+            oeq_op, oeq_status = oeq_tp.tensor_product(tp, dtype, shared)
             if oeq_op is not None:
                 peers.append(("openequivariance", lambda x, y, w, g, f=oeq_op.fn: f(x, y, w), sets_,
                               oeq_op.reference(ref64)))

@@ -64,24 +64,26 @@ class _FakeOeq:
     class TPProblem:
         def __init__(self, irreps_in1, irreps_in2, irreps_out, instructions, *, shared_weights, internal_weights,
                      irrep_normalization, path_normalization, irrep_dtype, weight_dtype):
-            assert not shared_weights and not internal_weights and irrep_dtype == weight_dtype
-            self.args = (irreps_in1, irreps_in2, irreps_out, instructions)
+            assert not internal_weights and irrep_dtype == weight_dtype
+            self.args, self.shared = (irreps_in1, irreps_in2, irreps_out, instructions), shared_weights
 
     class jax:
         class TensorProduct:
             def __init__(self, problem):
                 import jaxbatmobile as jb
-                self.tp = jb.TensorProduct(*problem.args)
+                self.tp, self.shared = jb.TensorProduct(*problem.args), problem.shared
 
             def reorder_weights_from_e3nn(self, w, has_batch_dim=True):
-                assert has_batch_dim
+                assert has_batch_dim == (not self.shared) and w.ndim == 1 + has_batch_dim
                 return w[..., ::-1]
 
             reorder_weights_to_e3nn = reorder_weights_from_e3nn
 
             def forward(self, x, y, w):
+                import jax
                 from jaxbatmobile._src import reference
-                return reference.tensor_product(self.tp, x, y, w[..., ::-1], False)
+                with jax.default_matmul_precision("highest"):  # on a GPU, fp32 dots default to TF32
+                    return reference.tensor_product(self.tp, x, y, w[..., ::-1], self.shared)
 
         class TensorProductConv(TensorProduct):
             def __init__(self, problem, deterministic):
@@ -89,12 +91,15 @@ class _FakeOeq:
                 self.deterministic = deterministic
 
             def forward(self, x, y, w, rows, cols, sender_perm=None):
+                import jax
                 import numpy as np
                 from jaxbatmobile._src import reference
-                assert np.all(np.diff(np.asarray(rows)) >= 0), "OEQ wants receiver-sorted edges"
-                if self.deterministic:  # the permutation lists the edges in sender order
-                    assert np.all(np.diff(np.asarray(cols)[np.asarray(sender_perm)]) >= 0)
-                return reference.conv(self.tp, x, y, w[..., ::-1], cols, rows, x.shape[0], False)
+                rows, cols = np.asarray(rows), np.asarray(cols)
+                assert np.all(np.lexsort((cols, rows)) == np.arange(len(rows))), "OEQ sorts by (row, col)"
+                if self.deterministic:  # the permutation lists the edges by (sender, receiver)
+                    assert np.all(np.asarray(sender_perm) == np.lexsort((rows, cols)))
+                with jax.default_matmul_precision("highest"):
+                    return reference.conv(self.tp, x, y, w[..., ::-1], cols, rows, x.shape[0], False)
 
 
 def test_openequivariance_rows_glue(monkeypatch):
@@ -104,8 +109,9 @@ def test_openequivariance_rows_glue(monkeypatch):
     monkeypatch.setattr(peers, "oeq", _FakeOeq)
     monkeypatch.setattr(oeq_tp, "_available", lambda: True)
     report = common.Report(1e9)
-    tp.run(report, batch=32, dtypes=["float32"], scale=32, names=["MACE-medium uvu"], sets=1)
+    tp.run(report, batch=32, dtypes=["float32"], scale=32, names=["MACE-medium uvu", "FC uvw"], sets=1)
     conv.run(report, num_nodes=20, num_edges=120, scale=32)
     rows = [r for r in report.rows if r.library.startswith("openequivariance")]
-    assert len(rows) == 8, [(r.workload, r.library) for r in rows]  # TP fwd, fwd+bwd; conv 2 modes x 3
+    # TP fwd, fwd+bwd of a per-row and a shared-weight problem; conv 2 modes x 3
+    assert len(rows) == 10, [(r.workload, r.library) for r in rows]
     assert all(r.status == "ok" for r in rows), [(r.workload, r.library, r.status) for r in rows]
