@@ -43,6 +43,12 @@ def block(tree):
     return jax.tree_util.tree_map(lambda x: x.block_until_ready(), tree)
 
 
+# Timing loop sizes of run_case: the GPU default; the CPU mode (python -m benchmarks --cpu, a smoke run
+# meant to finish within a minute) sets a shorter loop.
+TIMING = dict(inner=20, repeats=15, max_seconds=20.0)
+CPU_TIMING = dict(inner=3, repeats=5, max_seconds=1.0)
+
+
 def time_fn(fn: Callable, input_sets: Sequence[tuple], *, inner: int = 20, repeats: int = 15,
             max_seconds: float = 20.0) -> dict:
     """Median and spread (ms per call) of ``fn(*inputs)``, rotating over ``input_sets``."""
@@ -198,13 +204,14 @@ def run_case(report: Report, *, workload: str, library: str, dtype: str, fn: Cal
         t0 = time.perf_counter()
         out = block(fn(*input_sets[0]))
         row.first_call_ms = (time.perf_counter() - t0) * 1e3
-        row.memory_bytes = compiled_memory(fn, input_sets[0])
+        # Device memory is a GPU figure; on the CPU the analysis would only compile everything twice.
+        row.memory_bytes = compiled_memory(fn, input_sets[0]) if jax.default_backend() == "gpu" else None
         if reference is not None:
             ref = reference(*input_sets[0])
             row.error = max(rel_error(a, b) for a, b in zip(jax.tree_util.tree_leaves(out), jax.tree_util.tree_leaves(ref)))
             if not row.error <= tol:
                 row.status = "WRONG"
-        t = time_fn(fn, input_sets, **timing)
+        t = time_fn(fn, input_sets, **{**TIMING, **timing})
         row.median_ms = t["median_ms"]
         row.spread = f"{t['min_ms']:.4f}–{t['p90_ms']:.4f}"
     except Exception as e:  # a peer failing must not stop the suite

@@ -51,7 +51,7 @@ def run(report: Report, num_nodes: int, num_edges: int, dtype: str = "float32", 
     libs = (("jaxbatmobile", ours), ("jaxbatmobile det", det), ("e3nn-jax", e3))
     for lib, f in libs:
         run_case(report, workload=f"{name} fwd", library=lib, dtype=dtype, fn=jax.jit(f), input_sets=sets,
-                 reference=ref64, tol=tol, nbytes=nbytes, flops=None)
+                 reference=jax.jit(ref64), tol=tol, nbytes=nbytes, flops=None)
     # cuequivariance-jax: its CUDA kernel on the GPU, its plain-JAX method elsewhere (a check of this code)
     cue_conv = None
     if cue is not None:
@@ -62,7 +62,7 @@ def run(report: Report, num_nodes: int, num_edges: int, dtype: str = "float32", 
         cue_sets = [(cue_tp.to_ir_mul(i1_, x), y, w, cue_tp.to_ir_mul(io_, g)) for x, y, w, g in sets]
         cue_ref = lambda x, y, w, g: cue_tp.to_ir_mul(io_, ref64(cue_tp.from_ir_mul(i1_, x), y, w, g))  # noqa: E731
         run_case(report, workload=f"{name} fwd", library="cuequivariance", dtype=dtype,
-                 fn=jax.jit(lambda x, y, w, g: cue_conv(x, y, w)), input_sets=cue_sets, reference=cue_ref, tol=tol,
+                 fn=jax.jit(lambda x, y, w, g: cue_conv(x, y, w)), input_sets=cue_sets, reference=jax.jit(cue_ref), tol=tol,
                  nbytes=nbytes, flops=None)
     else:
         report.add(Row(f"{name} fwd", "cuequivariance", dtype, status="skipped: not available"))
@@ -75,7 +75,7 @@ def run(report: Report, num_nodes: int, num_edges: int, dtype: str = "float32", 
         oeq_convs.append((lib, op))
         run_case(report, workload=f"{name} fwd", library=lib, dtype=dtype,
                  fn=jax.jit(lambda x, y, w, g, f=op.fn: f(x, y, w)), input_sets=sets,
-                 reference=op.reference(ref64), tol=tol, nbytes=nbytes, flops=None)
+                 reference=jax.jit(op.reference(ref64)), tol=tol, nbytes=nbytes, flops=None)
 
     def fwd_bwd(f):
         def run(x, y, w, g):

@@ -58,7 +58,7 @@ def run(report: Report, sizes, dtypes, sets: int = 3) -> None:
             ref64 = lambda v: _e3nn(v.astype(jnp.float64))  # noqa: E731
             for name, f in libs.items():
                 run_case(report, workload=f"SH l<=3 N={n:,} fwd", library=name, dtype=dtype,
-                         fn=jax.jit(f), input_sets=[(v,) for v in vs], reference=ref64, tol=tol,
+                         fn=jax.jit(f), input_sets=[(v,) for v in vs], reference=jax.jit(ref64), tol=tol,
                          nbytes=fwd_bytes, flops=None)
             ref_fb = _fwd_bwd(lambda v: _e3nn(v))
             ref_fb64 = lambda v, g: ref_fb(v.astype(jnp.float64), g.astype(jnp.float64))  # noqa: E731

@@ -112,7 +112,7 @@ def run(report: Report, batch: int, dtypes, scale: int = 1, names=None, sets: in
                 report.add(Row(f"TP {name} B={batch:,} fwd", "openequivariance", dtype, status=oeq_status))
             for lib, f, inputs, ref in peers:
                 run_case(report, workload=f"TP {name} B={batch:,} fwd", library=lib, dtype=dtype, fn=jax.jit(f),
-                         input_sets=inputs, reference=ref, tol=tol, nbytes=nbytes, flops=flops)
+                         input_sets=inputs, reference=jax.jit(ref), tol=tol, nbytes=nbytes, flops=flops)
 
             # Floor for fwd+bwd: read x, y, w, g; write out, dx, dy, dw.
             fb_bytes = 2 * nbytes
