@@ -165,6 +165,35 @@ def test_conv_node_degrees_around_chunk_and_piece_sizes(rng, degree, determinist
         assert_close(got, want, TOL[np.float64])
 
 
+# ---- many rows: more than the GPU's resident blocks (each streams several rows through its staging) ----
+
+# Odd row widths (x 62, y 9, out 43 elements: no 16-byte chunks) and 16-byte multiples (x 32, y 16,
+# out 84); "4x0o" / "4x1e" are output blocks no path writes, "6x3o" an input block no path reads.
+_STREAMED = {"odd": ("5x0e+3x1o+2x1e+6x3o", "0e+1o+2e", "5x0e+3x1o+2x2o+3x2e+4x0o"),
+             "aligned": ("8x0e+8x1o", SH3, "8x0e+8x1o+8x2e+4x1e")}
+
+
+@pytest.mark.parametrize("shared", [False, True])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("name", sorted(_STREAMED))
+def test_tp_many_rows(rng, name, dtype, shared):
+    tp = _channelwise(*_STREAMED[name])
+    b = 5003
+    x, y = (rng.normal(size=(b, d)).astype(dtype) for d in (tp.irreps_in1.dim, tp.irreps_in2.dim))
+    w = rng.normal(size=(tp.weight_numel,) if shared else (b, tp.weight_numel)).astype(dtype)
+    g = rng.normal(size=(b, tp.irreps_out.dim)).astype(dtype)
+    out, vjp = jax.vjp(jax.jit(tp), x, y, w)
+    want, ref_vjp = jax.vjp(lambda *a: reference.tensor_product(tp, *a, shared), *_f64(x, y, w))
+    assert_close(out, want, TOL[dtype])
+    dx, dy, dw = vjp(g)
+    dx_ref, dy_ref, dw_ref = ref_vjp(jnp.asarray(g, jnp.float64))
+    assert_close(dx, dx_ref, TOL[dtype])
+    assert_close(dy, dy_ref, TOL[dtype])
+    # A shared weight's gradient sums 5003 rows: in fp32 its rounding error grows like sqrt(rows) * eps
+    # (~4e-6 relative), so it is held to the fp32 bound (1e-5) rather than the per-row 2e-6.
+    assert_close(dw, dw_ref, 1e-5 if shared and dtype == np.float32 else TOL[dtype])
+
+
 # ---- very large multiplicities: more channels than threads per block, no multiple of a warp -----------
 
 @pytest.mark.parametrize("mul", [1000, 2051])
