@@ -75,9 +75,9 @@ def tensor_product(tp, dtype: str = "float32", shared: bool = False):
 
 def conv(tp, senders, receivers, deterministic: bool = False, dtype: str = "float32"):
     """The convolution ``out[r] = Σ_{e: receivers[e] = r} TP(x[senders[e]], y[e]; w[e])`` (one output row
-    per row of x). With ``deterministic`` the edges must already be sorted by (receiver, sender) (the
-    benchmark's graphs are; with ties between senders unsorted, OEQ's deterministic backward was wrong on
-    the H100, relative error ~1, while its forward was right)."""
+    per row of x). With ``deterministic`` the edges must already be sorted by (receiver, sender), OEQ's
+    own graph order (the benchmark's graphs are). Its deterministic backward came out wrong on the H100
+    (relative error ~1; forward right) with receiver-only and with (receiver, sender) order alike."""
     def make():
         op = peers.oeq.jax.TensorProductConv(_problem(tp, dtype), deterministic=deterministic)
         rows, cols = receivers.astype(jnp.int32), senders.astype(jnp.int32)

@@ -165,7 +165,7 @@ def test_conv_node_degrees_around_chunk_and_piece_sizes(rng, degree, determinist
         assert_close(got, want, TOL[np.float64])
 
 
-# ---- many rows: more than the GPU's resident blocks (each streams several rows through its staging) ----
+# ---- many rows: more rows than the GPU holds blocks at once, row widths of every alignment -------------
 
 # Odd row widths (x 62, y 9, out 43 elements: no 16-byte chunks) and 16-byte multiples (x 32, y 16,
 # out 84); "4x0o" / "4x1e" are output blocks no path writes, "6x3o" an input block no path reads.
