@@ -103,7 +103,7 @@ def test_equivariance(rng, tps, name):
 
 
 @pytest.mark.parametrize("shared", [False, True])
-@pytest.mark.parametrize("name", ["mace-medium", "nequip-parity", "mixed-l4"])
+@pytest.mark.parametrize("name", ["mace-medium", "nequip-parity", "mixed-l4", "uvw-fc"])
 def test_gradients_match_e3nn(rng, tps, name, shared):
     tp = tps(name)
     x, y, w = _inputs(rng, tp, (5,), shared=shared)
@@ -261,6 +261,47 @@ def test_cpu_and_gpu_agree(rng, tps, dtype):
 
     for a, b in zip(run(jax.devices("gpu")[0]), run(jax.devices("cpu")[0])):
         assert_close(a, b, TOL[dtype] * 10)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_shared_uvw_route(rng, tps, dtype):
+    """Shared-weight uvw paths run as the unweighted product of every channel pair (mode outer) and one
+    GEMM per path; the uvu paths of the same problem stay on their kernel. The outer product itself,
+    values and both input gradients, against an einsum of e3nn's CG coefficients."""
+    from jaxbatmobile._src import tensor_product as tpm
+
+    tp = tps("mixed-l4")
+    gemm = tp._uvw_gemm
+    assert gemm.outer is not None and gemm.rest is not None
+    assert {int(m) for m in gemm.outer.paths[:, 0]} == {tpm._MODE_OUTER}
+    assert {int(m) for m in gemm.rest.paths[:, 0]} == {tpm._MODES["uvu"]}
+    jaxpr = str(jax.make_jaxpr(lambda x, y, w: tp(x, y, w))(*_inputs(rng, tp, (2,), dtype, shared=True)))
+    assert "dot_general" in jaxpr and jaxpr.count("jbm_tensor_product") == 2
+
+    x, y, _ = _inputs(rng, tp, (6,), dtype)
+    empty = jnp.zeros((0,), dtype)
+    t = tpm._bind(gemm.outer, tpm.SLOT_Z, True, x, y, empty)
+
+    def outer_ref(x, y):
+        blocks = []
+        for (off_t, _, a, _, dim, _), p, pw in zip(gemm.blocks, gemm.outer.paths, gemm.outer.path_weight):
+            mul1, mul2, off1, off2, d1, d2 = (int(p[k]) for k in (1, 2, 4, 5, 8, 9))
+            l1, l2, lo = (d1 - 1) // 2, (d2 - 1) // 2, (dim - 1) // 2
+            xu = x[:, off1:off1 + mul1 * d1].reshape(-1, mul1, d1)
+            yv = y[:, off2:off2 + mul2 * d2].reshape(-1, mul2, d2)
+            c = np.asarray(e3nn.clebsch_gordan(l1, l2, lo))
+            blocks.append((off_t, pw * jnp.einsum("ijk,bui,bvj->bkuv", c, xu, yv).reshape(len(x), -1)))
+        return jnp.concatenate([b for _, b in sorted(blocks, key=lambda b: b[0])], axis=1)
+
+    x64, y64 = (jnp.asarray(a, jnp.float64) for a in (x, y))
+    want = outer_ref(x64, y64)
+    assert t.shape == want.shape
+    assert_close(t, want, TOL[dtype])
+    g = rng.normal(size=t.shape).astype(dtype)
+    got = jax.vjp(lambda x, y: tpm._bind(gemm.outer, tpm.SLOT_Z, True, x, y, empty), x, y)[1](g)
+    ref = jax.vjp(outer_ref, x64, y64)[1](jnp.asarray(g, jnp.float64))
+    for a, b in zip(got, ref):
+        assert_close(a, b, TOL[dtype])
 
 
 def _with_kernel(tp, kernel):

@@ -4,6 +4,9 @@ lines). Session 11 compared three plain-row kernels this way (benchmarks/NOTES.m
 
     JBM_VARIANT=name python3 tools/ab_rows.py [--batch 50000] [--problems "MACE-large uvu,MACE-medium uvu"]
 
+JBM_UVW_GEMM_PER_ROW=1 routes per-row uvw weights through the CG product + batched GEMM
+(tensor_product._UVW_GEMM_PER_ROW) to compare with the item kernel ("FC uvw per-row").
+
 Prints per problem the median ms of the forward and of fwd+bwd (out, dx, dy, dw; benchmarks/tp.py's
 definition), and the fwd+bwd's kernels (CUPTI via tools/kernel_times.py). Not a peer benchmark: that is
 `python -m benchmarks`.
@@ -19,7 +22,7 @@ import jax.numpy as jnp
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 sys.path.insert(0, os.path.dirname(__file__))
 from benchmarks.common import time_fn  # noqa: E402
-from benchmarks.tp import problems  # noqa: E402
+from benchmarks.tp import SHARED_WEIGHTS, problems  # noqa: E402
 from kernel_times import kernel_table  # noqa: E402
 
 
@@ -30,6 +33,11 @@ def main():
     ap.add_argument("--dtype", default="float32")
     args = ap.parse_args()
     variant = os.environ.get("JBM_VARIANT", "")
+    if os.environ.get("JBM_UVW_GEMM_PER_ROW"):  # per-row uvw weights as batched GEMMs (tensor_product.py)
+        from jaxbatmobile._src import tensor_product
+
+        tensor_product._UVW_GEMM_PER_ROW = True
+        variant += "+uvw-gemm-per-row"
     all_problems = problems()
     for name in args.problems.split(","):
         tp = all_problems[name]
@@ -37,6 +45,8 @@ def main():
         mk = lambda k, d: jax.random.normal(k, (args.batch, d), args.dtype)  # noqa: E731
         dims = (tp.irreps_in1.dim, tp.irreps_in2.dim, tp.weight_numel, tp.irreps_out.dim)
         sets = [tuple(mk(keys[4 * i + j], d) for j, d in enumerate(dims)) for i in range(2)]
+        if name in SHARED_WEIGHTS:
+            sets = [(x, y, w[0], g) for x, y, w, g in sets]
         fwd = jax.jit(lambda x, y, w, g: tp(x, y, w))
 
         @jax.jit

@@ -11,9 +11,15 @@
 // (its "path weight", e3nn's path/irrep normalisation). Paths without weights contribute c·x·y·z:
 // that part does not depend on w, so a call whose w operand is a tangent (not the weights) must leave
 // it out (TpCall::with_unweighted).
-// A path's work is split into independent "items" (one (u, v) pair for uvu, one
+// A path's work is split into independent "items" (one (u, v) pair for uvu and outer, one
 // (u, v, w) triple for uvw); an item adds its contributions through a caller-supplied `add(index, value)`
 // so that the CPU loop and the CUDA kernel share this code.
+//
+// Mode "outer" is internal: the unweighted product of every channel pair, T[k, u·mul2 + v] =
+// Σ_ij C_ijk x[u, i] y[v, j], written component-major (a path's output block is the [dim_out, mul1·mul2]
+// matrix). A TensorProduct with shared weights runs its uvw paths as this product followed by a matrix
+// product with the weights (jaxbatmobile/_src/tensor_product.py, _UvwGemm): the weights then never pass
+// through a per-item loop. Plain products only (no graph calls).
 #pragma once
 
 #include "core/common.h"
@@ -22,7 +28,7 @@
 namespace jbm::core {
 
 enum class TpSlot : int32_t { kX = 0, kY = 1, kW = 2, kZ = 3 };
-enum class TpMode : int32_t { kUvu = 0, kUvw = 1 };
+enum class TpMode : int32_t { kUvu = 0, kUvw = 1, kOuter = 2 };
 // Which implementation serves a problem: the generic item loop below, or the unrolled channelwise
 // one of csrc/core/tp_uvu.h (chosen in Python, where the problem is known; see tp_uvu.h).
 enum class TpKernel : int32_t { kGeneric = 0, kUvu = 1 };
@@ -30,7 +36,7 @@ enum class TpKernel : int32_t { kGeneric = 0, kUvu = 1 };
 // One instruction, flattened (int32 fields, the layout of the Python table in tensor_product.py).
 struct TpPath {
   int32_t mode;        // TpMode
-  int32_t mul1, mul2, mul_out;
+  int32_t mul1, mul2, mul_out;  // mul_out: mul1 for uvu, mul1 * mul2 for outer
   int32_t off1, off2, off_out;  // offsets of the irreps blocks in x, y, z rows
   int32_t off_w;       // offset of the path's weights in a weight row, -1 if the path has none
   int32_t dim1, dim2, dim_out;  // 2l+1 of the three irreps
@@ -41,9 +47,16 @@ inline constexpr int kTpPathFields = 14;
 static_assert(sizeof(TpPath) == kTpPathFields * sizeof(int32_t), "TpPath must match the Python table");
 
 JBM_HD int64_t tp_path_items(const TpPath& p) {
-  return p.mode == static_cast<int32_t>(TpMode::kUvu) ? int64_t(p.mul1) * p.mul2
-                                                      : int64_t(p.mul1) * p.mul2 * p.mul_out;
+  return p.mode == static_cast<int32_t>(TpMode::kUvw) ? int64_t(p.mul1) * p.mul2 * p.mul_out
+                                                      : int64_t(p.mul1) * p.mul2;
 }
+
+// Offset of output channel o of path p in a z row (component k is at + k * tp_z_stride(p)).
+JBM_HD bool tp_outer(const TpPath& p) { return p.mode == static_cast<int32_t>(TpMode::kOuter); }
+JBM_HD int64_t tp_z_channel(const TpPath& p, int32_t o) {
+  return p.off_out + (tp_outer(p) ? int64_t(o) : int64_t(o) * p.dim_out);
+}
+JBM_HD int64_t tp_z_stride(const TpPath& p) { return tp_outer(p) ? int64_t(p.mul1) * p.mul2 : 1; }
 
 // Contributions of one item of path `p` to the operand in slot SLOT. `cg_ijk` holds 3 ints per entry.
 // Pointers x, y, w, z are rows (w may be a shared weight vector); the one of SLOT is not read.
@@ -53,10 +66,10 @@ JBM_HD void tp_item(const TpPath& p, int64_t item, T pw, bool with_unweighted, c
                     const T* z, const int32_t* cg_ijk, const T* cg_c, Add&& add) {
   int32_t u, v, o;
   int64_t widx;
-  if (p.mode == static_cast<int32_t>(TpMode::kUvu)) {
+  if (p.mode != static_cast<int32_t>(TpMode::kUvw)) {
     u = static_cast<int32_t>(item / p.mul2);
     v = static_cast<int32_t>(item % p.mul2);
-    o = u;
+    o = tp_outer(p) ? static_cast<int32_t>(item) : u;
     widx = int64_t(u) * p.mul2 + v;
   } else {
     o = static_cast<int32_t>(item % p.mul_out);
@@ -70,20 +83,20 @@ JBM_HD void tp_item(const TpPath& p, int64_t item, T pw, bool with_unweighted, c
   widx += p.off_w;
   const int32_t xo = p.off1 + u * p.dim1;
   const int32_t yo = p.off2 + v * p.dim2;
-  const int32_t zo = p.off_out + o * p.dim_out;
+  const int64_t zo = tp_z_channel(p, o), zs = tp_z_stride(p);
   const T wv = pw * ((SLOT != TpSlot::kW && weighted) ? w[widx] : T(1));
   T wsum = T(0);
   for (int32_t e = p.cg_begin; e < p.cg_end; ++e) {
     const int32_t i = cg_ijk[3 * e], j = cg_ijk[3 * e + 1], k = cg_ijk[3 * e + 2];
     const T c = cg_c[e];
     if constexpr (SLOT == TpSlot::kZ) {
-      add(zo + k, c * wv * x[xo + i] * y[yo + j]);
+      add(zo + k * zs, c * wv * x[xo + i] * y[yo + j]);
     } else if constexpr (SLOT == TpSlot::kX) {
-      add(xo + i, c * wv * y[yo + j] * z[zo + k]);
+      add(xo + i, c * wv * y[yo + j] * z[zo + k * zs]);
     } else if constexpr (SLOT == TpSlot::kY) {
-      add(yo + j, c * wv * x[xo + i] * z[zo + k]);
+      add(yo + j, c * wv * x[xo + i] * z[zo + k * zs]);
     } else {
-      wsum += c * x[xo + i] * y[yo + j] * z[zo + k];
+      wsum += c * x[xo + i] * y[yo + j] * z[zo + k * zs];
     }
   }
   if constexpr (SLOT == TpSlot::kW) add(widx, wv * wsum);
@@ -92,6 +105,7 @@ JBM_HD void tp_item(const TpPath& p, int64_t item, T pw, bool with_unweighted, c
 // Slots z and x, output-stationary: the contribution of path `p` to one element of the block it writes,
 // channel `a` (o for z, u for x) and component `comp`, summed over the path's items and CG entries in a
 // fixed order — the same terms as tp_item adds, gathered by their target (no atomics: deterministic).
+// Graph calls only, so never an outer path (their tables are built for plain products).
 template <TpSlot SLOT, typename T>
 JBM_HD T tp_path_element(const TpPath& p, int32_t a, int32_t comp, T pw, bool with_unweighted, const T* x,
                          const T* y, const T* w, const T* z, const int32_t* cg_ijk, const T* cg_c) {

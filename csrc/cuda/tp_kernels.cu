@@ -8,7 +8,8 @@
 //   outputs (no atomics). The y gradient, a sum over channels, is accumulated per thread and reduced
 //   by warps at the end of the row.
 // * tp_kernel (everything else): threads over the items of all paths (csrc/core/tp.h), contributions
-//   accumulated with shared-memory atomics (global ones for outputs too wide for shared memory).
+//   accumulated with shared-memory atomics (global ones for outputs too wide for shared memory); the
+//   outer product of the shared-weight uvw route (core::TpMode::kOuter) writes its outputs directly.
 // * Deterministic scatter of the convolution (TpCall::segmented: output slot x or z, edges listed per
 //   target node): tp_uvu_segment_kernel / tp_segment_kernel, one block per node, which stage a chunk of
 //   the node's edges in shared memory, sum their contributions in a fixed order in registers (the
@@ -83,9 +84,17 @@ __global__ void __launch_bounds__(kThreads) tp_kernel(TpCall c, const TpPath* __
     const T* yr = c.sh_lmax >= 0 ? stage_sh_row(c, y, r, valid, sh_row) : y ? y + r * c.dim_y : nullptr;
     const T* wr = w ? w + r * wrow : nullptr;
     const T* zr = z ? z + rz * c.dim_z : nullptr;
-    auto add = [dst](int64_t idx, T v) { atomicAdd(dst + idx, v); };
     for (int64_t it = valid ? threadIdx.x : c.num_items; it < c.num_items; it += blockDim.x) {
       const int32_t p = core::tp_find_path(paths, c.num_paths, it);
+      // An outer path's item is the only writer of its output elements (T[k, uv], blocks disjoint by
+      // construction): a plain add. Everything else may share targets: atomics.
+      const bool exclusive = SLOT == TpSlot::kZ && core::tp_outer(paths[p]);
+      auto add = [dst, exclusive](int64_t idx, T v) {
+        if (exclusive)
+          dst[idx] += v;
+        else
+          atomicAdd(dst + idx, v);
+      };
       core::tp_item<SLOT>(paths[p], it - paths[p].item_begin, pw[p], c.with_unweighted, xr, yr, wr, zr, cg_ijk,
                           cg_c, add);
     }

@@ -163,7 +163,8 @@ inline xla::ffi::Error check_tp_paths(const core::TpCall& c, const core::TpPath*
   for (int32_t i = 0; i < c.num_paths; ++i) {
     const core::TpPath& p = paths[i];
     const bool ok =
-        (p.mode == 0 || p.mode == 1) && p.mul1 > 0 && p.mul2 > 0 && p.mul_out > 0 &&
+        (p.mode == 0 || p.mode == 1 || p.mode == 2) && p.mul1 > 0 && p.mul2 > 0 && p.mul_out > 0 &&
+        (p.mode != 2 || (int64_t(p.mul_out) == int64_t(p.mul1) * p.mul2 && p.off_w < 0 && c.nodes < 0)) &&
         p.off1 >= 0 && p.off1 + int64_t(p.mul1) * p.dim1 <= c.dim_x &&
         p.off2 >= 0 && p.off2 + int64_t(p.mul2) * p.dim2 <= c.dim_y &&
         p.off_out >= 0 && p.off_out + int64_t(p.mode == 0 ? p.mul1 : p.mul_out) * p.dim_out <= c.dim_z &&

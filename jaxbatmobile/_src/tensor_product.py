@@ -38,6 +38,7 @@ from jaxbatmobile._src.sh import _NORMALIZATIONS as sh_normalizations, sh_jvp_p
 SLOT_X, SLOT_Y, SLOT_W, SLOT_Z = 0, 1, 2, 3
 _SLOT_NAMES = ("x", "y", "weights", "output")
 _MODES = {"uvu": 0, "uvw": 1}
+_MODE_OUTER = 2  # internal (csrc/core/tp.h, TpMode::kOuter): the shared-weight uvw route, _UvwGemm
 _PATH_FIELDS = 14  # csrc/core/tp.h, TpPath
 KERNEL_GENERIC, KERNEL_UVU = 0, 1  # csrc/core/tp.h, TpKernel
 
@@ -92,6 +93,8 @@ class TensorProduct:
         self.instructions = self.e3nn.instructions
         self.weight_numel = sum(int(np.prod(i.path_shape)) for i in self.instructions if i.has_weight)
         self._tables = _build_tables(self)
+        # Shared weights: uvw paths as CG product + GEMM (None: no uvw path, the kernels take it all).
+        self._uvw_gemm = _UvwGemm(self) if any(i.connection_mode == "uvw" for i in self.instructions) else None
 
     def __repr__(self):
         return (f"TensorProduct({self.irreps_in1} x {self.irreps_in2} -> {self.irreps_out}, "
@@ -104,6 +107,8 @@ class TensorProduct:
         y = jnp.broadcast_to(y, batch + y.shape[-1:])
         if not shared:
             weights = jnp.broadcast_to(weights, batch + weights.shape[-1:])
+        if (shared or _UVW_GEMM_PER_ROW) and self._uvw_gemm is not None and self._uvw_gemm.outer is not None:
+            return self._uvw_gemm(x, y, weights, shared)
         return _bind(self._tables, SLOT_Z, shared, x, y, weights)
 
 
@@ -145,33 +150,114 @@ def _check_instructions(in1, in2, out, instructions):
             raise ValueError(f"TensorProduct: instruction {n}: uvw paths must have weights")
 
 
-def _build_tables(tp: TensorProduct, kernel: str = "auto") -> _Tables:
-    """Flatten the instructions for the kernels. ``kernel="generic"`` forces the generic kernel (tests)."""
-    off1, off2, offo = (np.concatenate([[0], np.cumsum([m.dim for m in irreps])]).astype(int)
-                        for irreps in (tp.irreps_in1, tp.irreps_in2, tp.irreps_out))
-    paths, ijk, coef, path_weight = [], [], [], []
-    off_w = item = 0
+# Per-row uvw weights through _UvwGemm too (a batched product per row) instead of the item kernel:
+# off until measured faster (tools/ab_rows.py, JBM_UVW_GEMM_PER_ROW=1).
+_UVW_GEMM_PER_ROW = False
+
+
+class _UvwGemm:
+    """The uvw paths of a shared-weight call as a CG product followed by matrix products.
+
+    With one weight tensor for the batch, a uvw path is ``out[r, w, k] = Σ_uv W[uv, w] T[r, k, uv]``
+    where ``T[r, k, uv] = pw · Σ_ij C_ijk x[r, u, i] y[r, v, j]`` has no weights: our kernel computes T
+    for every such path (mode outer, csrc/core/tp.h, component-major so that each path's block is a
+    [dim_out, mul1·mul2] matrix) and XLA multiplies it with W as one GEMM per path ([rows·dim_out,
+    mul1·mul2] × [mul1·mul2, mul_out], fp32 accumulation: precision HIGHEST), as e3nn-jax does. The item
+    loop would instead read every weight once per row and add every contribution atomically (benchmarks/
+    NOTES.md, session 11: 14.6 ms forward against e3nn-jax's 0.58 for FullyConnectedTensorProduct).
+    Gradients are jax's of this composition: the weight gradient is the GEMM Tᵀ·G, the x and y gradients
+    our kernel's transposes of T. The other paths (uvu) stay on ``rest``, the problem's own kernel.
+    """
+
+    def __init__(self, tp: TensorProduct):
+        routed = lambda ins: ins.connection_mode == "uvw"  # noqa: E731
+        off1, off2, offo = (_offsets(irreps) for irreps in (tp.irreps_in1, tp.irreps_in2, tp.irreps_out))
+        rows, degrees, path_weight, self.blocks = [], [], [], []
+        off_w = off_t = 0
+        for ins in tp.instructions:
+            (mul1, ir1), (mul2, ir2), (mulo, iro) = (tp.irreps_in1[ins.i_in1], tp.irreps_in2[ins.i_in2],
+                                                     tp.irreps_out[ins.i_out])
+            if routed(ins) and _contributes(tp, ins):
+                a = mul1 * mul2
+                rows.append([_MODE_OUTER, mul1, mul2, a, off1[ins.i_in1], off2[ins.i_in2], off_t, -1,
+                             ir1.dim, ir2.dim, iro.dim])
+                degrees.append((ir1.l, ir2.l, iro.l))
+                path_weight.append(ins.path_weight)
+                # (T columns, weight offset, channel pairs, output channels, dim_out, output irrep index)
+                self.blocks.append((off_t, off_w, a, mulo, iro.dim, ins.i_out))
+                off_t += a * iro.dim
+            off_w += int(np.prod(ins.path_shape)) if ins.has_weight else 0
+        self.irreps_out = tp.irreps_out
+        self.outer = _tables_from_rows(rows, degrees, path_weight,
+                                       (tp.irreps_in1.dim, tp.irreps_in2.dim, off_t, 0)) if rows else None
+        rest = [ins for ins in tp.instructions if not routed(ins) and _contributes(tp, ins)]
+        self.rest = _build_tables(tp, keep=lambda ins: not routed(ins)) if rest else None
+
+    def __call__(self, x, y, w, shared=True):
+        batch, dtype = x.shape[:-1], x.dtype
+        out = _bind(self.rest, SLOT_Z, shared, x, y, w) if self.rest is not None else None
+        if self.outer is None:
+            return out
+        t = _bind(self.outer, SLOT_Z, True, x, y, jnp.zeros((0,), dtype))
+        per_irrep = [None] * len(self.irreps_out)
+        for off_t, off_w, a, mulo, dim, i_out in self.blocks:
+            t_p = t[..., off_t:off_t + a * dim].reshape(batch + (dim, a))
+            w_p = w[..., off_w:off_w + a * mulo].reshape(w.shape[:-1] + (a, mulo))
+            n = len(batch)
+            batched = () if shared else tuple(range(n))  # per-row weights: a batched product
+            o = jax.lax.dot_general(t_p, w_p, (((n + 1,), (len(batched),)), (batched, batched)),
+                                    precision=jax.lax.Precision.HIGHEST)  # [..., dim, mulo]
+            o = jnp.swapaxes(o, -1, -2)
+            per_irrep[i_out] = o if per_irrep[i_out] is None else per_irrep[i_out] + o
+        pieces = [jnp.zeros(batch + (m.dim,), dtype) if o is None else o.reshape(batch + (m.dim,))
+                  for o, m in zip(per_irrep, self.irreps_out)]
+        routed = jnp.concatenate(pieces, axis=-1) if pieces else jnp.zeros(batch + (0,), dtype)
+        return routed if out is None else out + routed
+
+
+def _offsets(irreps):
+    return np.concatenate([[0], np.cumsum([m.dim for m in irreps])]).astype(int)
+
+
+def _build_tables(tp: TensorProduct, kernel: str = "auto", keep=lambda ins: True) -> _Tables:
+    """Flatten the instructions for the kernels. ``kernel="generic"`` forces the generic kernel (tests);
+    ``keep(ins)`` selects the instructions to include (the others still own their weights' offsets)."""
+    off1, off2, offo = (_offsets(irreps) for irreps in (tp.irreps_in1, tp.irreps_in2, tp.irreps_out))
+    paths, cg, path_weight = [], [], []
+    off_w = 0
     for ins in tp.instructions:
         (mul1, ir1), (mul2, ir2), (mulo, iro) = tp.irreps_in1[ins.i_in1], tp.irreps_in2[ins.i_in2], tp.irreps_out[ins.i_out]
         n_w = int(np.prod(ins.path_shape)) if ins.has_weight else 0
-        if mul1 == 0 or mul2 == 0 or mulo == 0 or ins.path_weight == 0:
-            off_w += n_w
-            continue
-        entries = coefficient_tables.cg_entries(ir1.l, ir2.l, iro.l)
+        if keep(ins) and _contributes(tp, ins):
+            paths.append([_MODES[ins.connection_mode], mul1, mul2, mulo, off1[ins.i_in1], off2[ins.i_in2],
+                          offo[ins.i_out], off_w if ins.has_weight else -1, ir1.dim, ir2.dim, iro.dim])
+            cg.append((ir1.l, ir2.l, iro.l))
+            path_weight.append(ins.path_weight)
+        off_w += n_w
+    assert off_w == tp.weight_numel
+    dims = (tp.irreps_in1.dim, tp.irreps_in2.dim, tp.irreps_out.dim, tp.weight_numel)
+    return _tables_from_rows(paths, cg, path_weight, dims, kernel)
+
+
+def _contributes(tp, ins) -> bool:
+    muls = (tp.irreps_in1[ins.i_in1].mul, tp.irreps_in2[ins.i_in2].mul, tp.irreps_out[ins.i_out].mul)
+    return min(muls) > 0 and ins.path_weight != 0
+
+
+def _tables_from_rows(rows, degrees, path_weight, dims, kernel="auto") -> _Tables:
+    """_Tables from path rows (the first 11 fields of csrc/core/tp.h's TpPath) and each path's degrees
+    (l1, l2, l_out): appends the CG entries and numbers the items."""
+    paths, ijk, coef = [], [], []
+    for row, (l1, l2, lo) in zip(rows, degrees):
+        entries = coefficient_tables.cg_entries(l1, l2, lo)
         begin = len(coef)
         ijk.extend([i, j, k] for i, j, k, _ in entries)
         coef.extend(c for *_, c in entries)
-        path_weight.append(ins.path_weight)
-        mode = _MODES[ins.connection_mode]
-        paths.append([mode, mul1, mul2, mulo, off1[ins.i_in1], off2[ins.i_in2], offo[ins.i_out],
-                      off_w if ins.has_weight else -1, ir1.dim, ir2.dim, iro.dim, begin, len(coef), item])
-        item += mul1 * mul2 * (mulo if mode == _MODES["uvw"] else 1)
-        off_w += n_w
-    assert off_w == tp.weight_numel
-    if item >= 2**31:
-        raise ValueError(f"TensorProduct: {item} work items per row is more than the kernels support")
+        paths.append(list(row) + [begin, len(coef), 0])
     paths = np.asarray(paths, np.int32).reshape(-1, _PATH_FIELDS)
     path_weight = np.asarray(path_weight, np.float64)
+    if _path_items(paths).sum() >= 2**31:
+        raise ValueError(f"TensorProduct: {_path_items(paths).sum()} work items per row is more than the kernels support")
     # The channelwise kernel sums the paths that write one irrep block in registers, over runs of
     # consecutive paths: group them by output block (x block for the x gradient).
     paths, path_weight = _grouped(paths, path_weight, column=6)
@@ -182,26 +268,32 @@ def _build_tables(tp: TensorProduct, kernel: str = "auto") -> _Tables:
         p[0] == _MODES["uvu"] and p[2] == 1 and max(p[8], p[9], p[10]) <= 2 * coefficient_tables.CG_MAX_L + 1
         for p in paths)
     return _Tables(
-        zero_fill=_zero_fill(paths, (tp.irreps_in1.dim, tp.irreps_in2.dim, tp.weight_numel, tp.irreps_out.dim)),
+        zero_fill=_zero_fill(paths, (dims[0], dims[1], dims[3], dims[2])),
         paths=paths,
         cg_ijk=np.asarray(ijk, np.int32).reshape(-1, 3),
         cg_coef=np.asarray(coef, np.float64),
         path_weight=path_weight,
         paths_by_x=paths_by_x,
         path_weight_by_x=path_weight_by_x,
-        num_items=item,
-        dims=(tp.irreps_in1.dim, tp.irreps_in2.dim, tp.irreps_out.dim, tp.weight_numel),
+        num_items=int(_path_items(paths).sum()),
+        dims=dims,
         kernel=KERNEL_UVU if uvu and kernel == "auto" else KERNEL_GENERIC,
         # Elements of one row's y-contracted CG blocks (csrc/core/tp_uvu.h, uvu_contracted_stride).
         yc_width=int(sum((p[8] * p[10] + 3) // 4 * 4 for p in paths)),
     )
 
 
+def _path_items(paths):
+    """Items per path (csrc/core/tp.h, tp_path_items)."""
+    return np.where(paths[:, 0] == _MODES["uvw"], paths[:, 1] * paths[:, 2] * paths[:, 3],
+                    paths[:, 1] * paths[:, 2]).astype(np.int64)
+
+
 def _grouped(paths, path_weight, column):
     """Paths (and their weights) stably sorted by one offset column, items renumbered in the new order."""
     order = np.argsort(paths[:, column], kind="stable")
     paths, path_weight = paths[order].copy(), path_weight[order]
-    items = np.where(paths[:, 0] == _MODES["uvw"], paths[:, 1] * paths[:, 2] * paths[:, 3], paths[:, 1] * paths[:, 2])
+    items = _path_items(paths)
     paths[:, 13] = np.concatenate([[0], np.cumsum(items)[:-1]]) if len(paths) else items
     return paths, path_weight
 
@@ -214,8 +306,9 @@ def _zero_fill(paths, widths) -> int:
         covered = np.zeros(width, bool)
         for p in paths:
             mode, mul1, mul2, mulo, off1, off2, offo, off_w, d1, d2, do = (int(v) for v in p[:11])
-            start, size = ((off1, mul1 * d1), (off2, mul2 * d2), (off_w, mul1 * mul2 * (mulo if mode else 1)),
-                           (offo, (mulo if mode else mul1) * do))[s]
+            start, size = ((off1, mul1 * d1), (off2, mul2 * d2),
+                           (off_w, mul1 * mul2 * (mulo if mode == _MODES["uvw"] else 1)),
+                           (offo, (mul1 if mode == _MODES["uvu"] else mulo) * do))[s]
             if start >= 0:
                 covered[start:start + size] = True
         mask |= int(not covered.all()) << s
