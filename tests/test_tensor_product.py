@@ -304,6 +304,22 @@ def test_shared_uvw_route(rng, tps, dtype):
         assert_close(a, b, TOL[dtype])
 
 
+def test_per_row_uvw_on_the_item_kernel(rng, tps, monkeypatch):
+    """Per-row uvw weights with the GEMM route off (the item kernel, as graph calls run them)."""
+    from jaxbatmobile._src import tensor_product as tpm
+
+    monkeypatch.setattr(tpm, "_UVW_GEMM_PER_ROW", False)
+    tp = tps("uvw-fc")
+    x, y, w = _inputs(rng, tp, (5,))
+    assert "dot_general" not in str(jax.make_jaxpr(lambda x, y, w: tp(x, y, w))(x, y, w))
+    g = rng.normal(size=(5, tp.irreps_out.dim))
+    out, vjp = jax.vjp(lambda x, y, w: tp(x, y, w), x, y, w)
+    want, ref_vjp = jax.vjp(lambda x, y, w: _ref(tp, x, y, w, False), x, y, w)
+    assert_close(out, want, 1e-12)
+    for a, b in zip(vjp(g), ref_vjp(g)):
+        assert_close(a, b, 1e-12)
+
+
 def _with_kernel(tp, kernel):
     """The same problem forced onto one kernel (tp_uvu.h or the generic item loop of tp.h)."""
     import copy

@@ -4,8 +4,8 @@ lines). Session 11 compared three plain-row kernels this way (benchmarks/NOTES.m
 
     JBM_VARIANT=name python3 tools/ab_rows.py [--batch 50000] [--problems "MACE-large uvu,MACE-medium uvu"]
 
-JBM_UVW_GEMM_PER_ROW=1 routes per-row uvw weights through the CG product + batched GEMM
-(tensor_product._UVW_GEMM_PER_ROW) to compare with the item kernel ("FC uvw per-row").
+JBM_UVW_GEMM_PER_ROW=0 or 1 sets whether per-row uvw weights go through the CG product + batched GEMM
+(tensor_product._UVW_GEMM_PER_ROW, default 1) or the item kernel ("FC uvw per-row").
 
 Prints per problem the median ms of the forward and of fwd+bwd (out, dx, dy, dw; benchmarks/tp.py's
 definition), and the fwd+bwd's kernels (CUPTI via tools/kernel_times.py). Not a peer benchmark: that is
@@ -33,11 +33,11 @@ def main():
     ap.add_argument("--dtype", default="float32")
     args = ap.parse_args()
     variant = os.environ.get("JBM_VARIANT", "")
-    if os.environ.get("JBM_UVW_GEMM_PER_ROW"):  # per-row uvw weights as batched GEMMs (tensor_product.py)
+    if os.environ.get("JBM_UVW_GEMM_PER_ROW"):  # 0: per-row uvw weights on the item kernel (tensor_product.py)
         from jaxbatmobile._src import tensor_product
 
-        tensor_product._UVW_GEMM_PER_ROW = True
-        variant += "+uvw-gemm-per-row"
+        tensor_product._UVW_GEMM_PER_ROW = os.environ["JBM_UVW_GEMM_PER_ROW"] == "1"
+        variant += f"+uvw-gemm-per-row={int(tensor_product._UVW_GEMM_PER_ROW)}"
     all_problems = problems()
     for name in args.problems.split(","):
         tp = all_problems[name]

@@ -150,9 +150,10 @@ def _check_instructions(in1, in2, out, instructions):
             raise ValueError(f"TensorProduct: instruction {n}: uvw paths must have weights")
 
 
-# Per-row uvw weights through _UvwGemm too (a batched product per row) instead of the item kernel:
-# off until measured faster (tools/ab_rows.py, JBM_UVW_GEMM_PER_ROW=1).
-_UVW_GEMM_PER_ROW = False
+# Per-row uvw weights through _UvwGemm too (a batched product per row) instead of the item kernel.
+# H100, fp32, B = 50k, "FC uvw per-row" (16 channels, tools/ab_rows.py, benchmarks/NOTES.md session 12):
+# fwd 2.87 ms against 4.24, fwd+bwd 5.90 against 33.1.
+_UVW_GEMM_PER_ROW = True
 
 
 class _UvwGemm:
@@ -167,6 +168,7 @@ class _UvwGemm:
     NOTES.md, session 11: 14.6 ms forward against e3nn-jax's 0.58 for FullyConnectedTensorProduct).
     Gradients are jax's of this composition: the weight gradient is the GEMM Tᵀ·G, the x and y gradients
     our kernel's transposes of T. The other paths (uvu) stay on ``rest``, the problem's own kernel.
+    Per-row weights take the same route with a batched product per row (_UVW_GEMM_PER_ROW).
     """
 
     def __init__(self, tp: TensorProduct):
