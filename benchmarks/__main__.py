@@ -31,7 +31,11 @@ def main() -> None:
         jax.config.update("jax_platforms", "cpu")
     on_gpu = jax.default_backend() == "gpu"
     bandwidth = common.measure_copy_bandwidth(1 << 30 if on_gpu else 1 << 26)
-    report = common.Report(bandwidth, timing=None if on_gpu else common.CPU_TIMING)
+    out = pathlib.Path(args.out) if args.out else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
+    report = common.Report(bandwidth, timing=None if on_gpu else common.CPU_TIMING,
+                           stream=out / "results.jsonl" if out else None)
     print(f"# {report.meta}", flush=True)
     dtypes = ["float32"] + (["float64"] if args.fp64 else [])
     # The CPU mode is a smoke run (< 1 min on 2 cores); the small Nequix model's compiles alone take ~35 s
@@ -61,9 +65,7 @@ def main() -> None:
             nequix.run(report, small=not on_gpu)
 
     md = report.markdown()
-    if args.out:
-        out = pathlib.Path(args.out)
-        out.mkdir(parents=True, exist_ok=True)
+    if out:
         (out / "results.jsonl").write_text(report.jsonl())
         (out / "results.md").write_text(md)
         try:

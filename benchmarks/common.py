@@ -114,8 +114,13 @@ class Row:
 
 
 class Report:
-    def __init__(self, bandwidth: float | None, timing: dict | None = None):
+    def __init__(self, bandwidth: float | None, timing: dict | None = None, stream=None):
         self.rows: list[Row] = []
+        # stream: a path that receives each row's JSON line as it is added, so that a run cut short
+        # (the GPU's per-call time limit) keeps the rows it finished.
+        self.stream = stream
+        if stream is not None:
+            open(stream, "w").close()
         self.bandwidth = bandwidth
         self.timing = timing or {}  # time_fn arguments for every run_case of this report
         self.meta = {
@@ -133,6 +138,9 @@ class Report:
         if row.bytes is not None and row.floor_ms is None:
             row.floor_ms = self.floor_ms(row.bytes)
         self.rows.append(row)
+        if self.stream is not None:
+            with open(self.stream, "a") as f:
+                f.write(self._json(row) + "\n")
         frac = row.floor_fraction
         print(
             f"  {row.workload:<34} {row.library:<12} {row.dtype:<8} "
@@ -144,14 +152,14 @@ class Report:
             flush=True,
         )
 
+    def _json(self, r: Row) -> str:
+        d = dict(self.meta)
+        d.update(dataclasses.asdict(r))
+        d["floor_fraction"] = r.floor_fraction
+        return json.dumps(d)
+
     def jsonl(self) -> str:
-        lines = []
-        for r in self.rows:
-            d = dict(self.meta)
-            d.update(dataclasses.asdict(r))
-            d["floor_fraction"] = r.floor_fraction
-            lines.append(json.dumps(d))
-        return "\n".join(lines) + "\n"
+        return "".join(self._json(r) + "\n" for r in self.rows)
 
     def markdown(self) -> str:
         m = self.meta
