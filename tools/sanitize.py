@@ -88,6 +88,9 @@ def tp_problems():
 
 def tp_cases():
     for name, tp in tp_problems().items():
+        if name == "uvw":
+            uvw_cases(tp)
+            continue
         for dtype in (jnp.float32, jnp.float64):
             for shared in (False, True):
                 batch = 77
@@ -95,11 +98,7 @@ def tp_cases():
                 w = arr((tp.weight_numel,) if shared else (batch, tp.weight_numel), dtype)
 
                 def f(x, y, w, tp=tp):
-                    loss = lambda x, y, w: jnp.sum(jnp.sin(tp(x, y, w)))  # noqa: E731
-                    g = jax.grad(loss, argnums=(0, 1, 2))(x, y, w)
-                    gg = jax.grad(lambda x, y, w: sum(jnp.sum(a ** 2) for a in jax.grad(loss, argnums=(0, 1))(x, y, w)),
-                                  argnums=(0, 1, 2))(x, y, w)
-                    return tp(x, y, w), g, gg
+                    return second_order(lambda x, y, w: tp(x, y, w), x, y, w)
 
                 label = f"tp {name} {jnp.dtype(dtype).name} {'shared' if shared else 'per-row'} w: fwd/grad/grad2"
                 check(label, on(UNDER_TEST, f)(x, y, w), on("cpu", f)(x, y, w), dtype)
@@ -107,6 +106,46 @@ def tp_cases():
         z = on(UNDER_TEST, lambda x, y, w, tp=tp: tp(x, y, w))(
             jnp.zeros((0, tp.irreps_in1.dim)), jnp.zeros((0, tp.irreps_in2.dim)), jnp.ones((tp.weight_numel,)))
         print(f"ok   tp {name} empty batch {z.shape}", flush=True)
+
+
+def uvw_cases(tp):
+    """uvw on our kernels without XLA's GEMMs: the TensorProduct call multiplies its outer product by the
+    weights with cuBLAS, and compute-sanitizer crashed the process (segfault, no report) at that case under
+    every tool (H100, 2026-11-23, session 12). So: the per-row product on the item kernel (route off), and
+    the route's outer product alone, each to second order."""
+    from jaxbatmobile._src import tensor_product as tpm
+
+    outer = tp._uvw_gemm.outer
+    for dtype in (jnp.float32, jnp.float64):
+        batch = 77
+        x, y = arr((batch, tp.irreps_in1.dim), dtype), arr((batch, tp.irreps_in2.dim), dtype)
+        w = arr((batch, tp.weight_numel), dtype)
+        empty = jnp.zeros((0,), dtype)
+
+        def item(x, y, w):
+            saved, tpm._UVW_GEMM_PER_ROW = tpm._UVW_GEMM_PER_ROW, False
+            try:
+                return second_order(lambda x, y, w: tp(x, y, w), x, y, w)
+            finally:
+                tpm._UVW_GEMM_PER_ROW = saved
+
+        def product(x, y, w):
+            return second_order(lambda x, y, w: tpm._bind(outer, tpm.SLOT_Z, True, x, y, empty), x, y, w, argnums=(0, 1))
+
+        name = jnp.dtype(dtype).name
+        check(f"tp uvw {name} per-row w, item kernel: fwd/grad/grad2", on(UNDER_TEST, item)(x, y, w),
+              on("cpu", item)(x, y, w), dtype)
+        check(f"tp uvw {name} outer product: fwd/grad/grad2", on(UNDER_TEST, product)(x, y, w),
+              on("cpu", product)(x, y, w), dtype)
+
+
+def second_order(f, x, y, w, argnums=(0, 1, 2)):
+    """f's value, its gradient and the gradient of its gradient's squared norm (x and y), as tp_cases."""
+    loss = lambda x, y, w: jnp.sum(jnp.sin(f(x, y, w)))  # noqa: E731
+    g = jax.grad(loss, argnums=argnums)(x, y, w)
+    gg = jax.grad(lambda x, y, w: sum(jnp.sum(a ** 2) for a in jax.grad(loss, argnums=(0, 1))(x, y, w)),
+                  argnums=argnums)(x, y, w)
+    return f(x, y, w), g, gg
 
 
 def graph(nodes, edges, dropped):
@@ -123,7 +162,6 @@ def graph(nodes, edges, dropped):
 
 
 def conv_cases():
-    sh_tp = tp_problems()["uvu"]
     for name, tp in tp_problems().items():
         for dtype in (jnp.float32, jnp.float64):
             for det in (False, True):
@@ -140,26 +178,38 @@ def conv_cases():
 
                     label = f"conv {name} {jnp.dtype(dtype).name} {'det' if det else 'atomic'} E={edges}: fwd/grad/grad2"
                     check(label, on(UNDER_TEST, f)(x, y, w), on("cpu", f)(x, y, w), dtype)
-            # the force-training step on sh_conv (SH in the kernel), both modes
-            for det in (False, True):
-                nodes, edges = 19, 211
-                s, r = graph(nodes, edges, dropped=True)
-                x, pos = arr((nodes, sh_tp.irreps_in1.dim), dtype), arr((nodes, 3), dtype)
-                w = arr((edges, sh_tp.weight_numel), dtype)
+            if name == "uvu":
+                force_cases("step", dtypes=(dtype,))
 
-                def step(x, w, pos, s=s, r=r, nodes=nodes, det=det):
-                    def energy(pos, x, w):
-                        vec = pos[jnp.clip(r, 0, nodes - 1)] - pos[jnp.clip(s, 0, nodes - 1)]
-                        out = jb.sh_conv(sh_tp, x, vec, w * jnp.exp(-jnp.sum(vec ** 2, -1))[:, None], s, r,
-                                         num_nodes=nodes, deterministic=det)
-                        return jnp.sum(jnp.sin(out))
 
-                    loss = lambda x, w: jnp.sum(jax.grad(energy)(pos, x, w) ** 2)  # noqa: E731
-                    return jax.grad(loss, argnums=(0, 1))(x, w)
+def force_cases(stage, dtypes=(jnp.float32,), dets=(False, True)):
+    """The force-training step on sh_conv (SH in the kernel), or its first stages alone (stage "energy":
+    the conv forward; "forces": the gradient in the positions; "step": the loss's gradient in x and w),
+    so that a tool crashing on the step can be bisected (parts force-energy, force-forces, force-step)."""
+    sh_tp = tp_problems()["uvu"]
+    for dtype in dtypes:
+        for det in dets:
+            nodes, edges = 19, 211
+            s, r = graph(nodes, edges, dropped=True)
+            x, pos = arr((nodes, sh_tp.irreps_in1.dim), dtype), arr((nodes, 3), dtype)
+            w = arr((edges, sh_tp.weight_numel), dtype)
 
-                if name == "uvu":
-                    label = f"sh_conv force step {jnp.dtype(dtype).name} {'det' if det else 'atomic'}"
-                    check(label, on(UNDER_TEST, step)(x, w, pos), on("cpu", step)(x, w, pos), dtype)
+            def energy(pos, x, w, s=s, r=r, nodes=nodes, det=det):
+                vec = pos[jnp.clip(r, 0, nodes - 1)] - pos[jnp.clip(s, 0, nodes - 1)]
+                out = jb.sh_conv(sh_tp, x, vec, w * jnp.exp(-jnp.sum(vec ** 2, -1))[:, None], s, r,
+                                 num_nodes=nodes, deterministic=det)
+                return jnp.sum(jnp.sin(out))
+
+            def run(x, w, pos, energy=energy):
+                if stage == "energy":
+                    return energy(pos, x, w)
+                if stage == "forces":
+                    return jax.grad(energy)(pos, x, w)
+                loss = lambda x, w: jnp.sum(jax.grad(energy)(pos, x, w) ** 2)  # noqa: E731
+                return jax.grad(loss, argnums=(0, 1))(x, w)
+
+            label = f"sh_conv force {stage} {jnp.dtype(dtype).name} {'det' if det else 'atomic'}"
+            check(label, on(UNDER_TEST, run)(x, w, pos), on("cpu", run)(x, w, pos), dtype)
 
 
 def batmobile_cases():
@@ -193,7 +243,12 @@ def main(parts):
     if UNDER_TEST == "gpu" and not any(d.platform == "gpu" for d in jax.devices()):
         sys.exit("sanitize: no GPU")
     for part in parts:
-        sh_part(part) if part.startswith("sh-") else PARTS[part]()
+        if part.startswith("sh-"):
+            sh_part(part)
+        elif part.startswith("force-"):
+            force_cases(part[len("force-"):], dets=(False,))
+        else:
+            PARTS[part]()
     if failures:
         sys.exit(f"sanitize: {len(failures)} cases differ from the CPU reference: {failures}")
     print("sanitize: all cases ran", flush=True)
