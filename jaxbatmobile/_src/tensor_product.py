@@ -157,7 +157,7 @@ _UVW_GEMM_PER_ROW = True
 
 
 class _UvwGemm:
-    """The uvw paths of a shared-weight call as a CG product followed by matrix products.
+    """The uvw paths of a call as a CG product followed by matrix products.
 
     With one weight tensor for the batch, a uvw path is ``out[r, w, k] = Σ_uv W[uv, w] T[r, k, uv]``
     where ``T[r, k, uv] = pw · Σ_ij C_ijk x[r, u, i] y[r, v, j]`` has no weights: our kernel computes T
@@ -173,22 +173,17 @@ class _UvwGemm:
 
     def __init__(self, tp: TensorProduct):
         routed = lambda ins: ins.connection_mode == "uvw"  # noqa: E731
-        off1, off2, offo = (_offsets(irreps) for irreps in (tp.irreps_in1, tp.irreps_in2, tp.irreps_out))
         rows, degrees, path_weight, self.blocks = [], [], [], []
-        off_w = off_t = 0
-        for ins in tp.instructions:
-            (mul1, ir1), (mul2, ir2), (mulo, iro) = (tp.irreps_in1[ins.i_in1], tp.irreps_in2[ins.i_in2],
-                                                     tp.irreps_out[ins.i_out])
+        off_t = 0
+        for ins, (mul1, ir1), (mul2, ir2), (mulo, iro), off1, off2, _, off_w in _instruction_layout(tp):
             if routed(ins) and _contributes(tp, ins):
                 a = mul1 * mul2
-                rows.append([_MODE_OUTER, mul1, mul2, a, off1[ins.i_in1], off2[ins.i_in2], off_t, -1,
-                             ir1.dim, ir2.dim, iro.dim])
+                rows.append([_MODE_OUTER, mul1, mul2, a, off1, off2, off_t, -1, ir1.dim, ir2.dim, iro.dim])
                 degrees.append((ir1.l, ir2.l, iro.l))
                 path_weight.append(ins.path_weight)
                 # (T columns, weight offset, channel pairs, output channels, dim_out, output irrep index)
                 self.blocks.append((off_t, off_w, a, mulo, iro.dim, ins.i_out))
                 off_t += a * iro.dim
-            off_w += int(np.prod(ins.path_shape)) if ins.has_weight else 0
         self.irreps_out = tp.irreps_out
         self.outer = _tables_from_rows(rows, degrees, path_weight,
                                        (tp.irreps_in1.dim, tp.irreps_in2.dim, off_t, 0)) if rows else None
@@ -213,30 +208,33 @@ class _UvwGemm:
             per_irrep[i_out] = o if per_irrep[i_out] is None else per_irrep[i_out] + o
         pieces = [jnp.zeros(batch + (m.dim,), dtype) if o is None else o.reshape(batch + (m.dim,))
                   for o, m in zip(per_irrep, self.irreps_out)]
-        routed = jnp.concatenate(pieces, axis=-1) if pieces else jnp.zeros(batch + (0,), dtype)
-        return routed if out is None else out + routed
+        uvw_out = jnp.concatenate(pieces, axis=-1) if pieces else jnp.zeros(batch + (0,), dtype)
+        return uvw_out if out is None else out + uvw_out
 
 
-def _offsets(irreps):
-    return np.concatenate([[0], np.cumsum([m.dim for m in irreps])]).astype(int)
+def _instruction_layout(tp: TensorProduct):
+    """Per instruction: (ins, (mul1, ir1), (mul2, ir2), (mul_out, ir_out), off1, off2, off_out, off_w), the
+    offsets of its irreps blocks in x, y and z rows and of its weights in e3nn's flat weight row."""
+    off1, off2, offo = (np.concatenate([[0], np.cumsum([m.dim for m in irreps])]).astype(int)
+                        for irreps in (tp.irreps_in1, tp.irreps_in2, tp.irreps_out))
+    off_w = 0
+    for ins in tp.instructions:
+        yield (ins, tp.irreps_in1[ins.i_in1], tp.irreps_in2[ins.i_in2], tp.irreps_out[ins.i_out],
+               int(off1[ins.i_in1]), int(off2[ins.i_in2]), int(offo[ins.i_out]), off_w)
+        off_w += int(np.prod(ins.path_shape)) if ins.has_weight else 0
+    assert off_w == tp.weight_numel
 
 
 def _build_tables(tp: TensorProduct, kernel: str = "auto", keep=lambda ins: True) -> _Tables:
     """Flatten the instructions for the kernels. ``kernel="generic"`` forces the generic kernel (tests);
     ``keep(ins)`` selects the instructions to include (the others still own their weights' offsets)."""
-    off1, off2, offo = (_offsets(irreps) for irreps in (tp.irreps_in1, tp.irreps_in2, tp.irreps_out))
     paths, cg, path_weight = [], [], []
-    off_w = 0
-    for ins in tp.instructions:
-        (mul1, ir1), (mul2, ir2), (mulo, iro) = tp.irreps_in1[ins.i_in1], tp.irreps_in2[ins.i_in2], tp.irreps_out[ins.i_out]
-        n_w = int(np.prod(ins.path_shape)) if ins.has_weight else 0
+    for ins, (mul1, ir1), (mul2, ir2), (mulo, iro), off1, off2, offo, off_w in _instruction_layout(tp):
         if keep(ins) and _contributes(tp, ins):
-            paths.append([_MODES[ins.connection_mode], mul1, mul2, mulo, off1[ins.i_in1], off2[ins.i_in2],
-                          offo[ins.i_out], off_w if ins.has_weight else -1, ir1.dim, ir2.dim, iro.dim])
+            paths.append([_MODES[ins.connection_mode], mul1, mul2, mulo, off1, off2, offo,
+                          off_w if ins.has_weight else -1, ir1.dim, ir2.dim, iro.dim])
             cg.append((ir1.l, ir2.l, iro.l))
             path_weight.append(ins.path_weight)
-        off_w += n_w
-    assert off_w == tp.weight_numel
     dims = (tp.irreps_in1.dim, tp.irreps_in2.dim, tp.irreps_out.dim, tp.weight_numel)
     return _tables_from_rows(paths, cg, path_weight, dims, kernel)
 
