@@ -17,9 +17,9 @@
 //
 // Mode "outer" is internal: the unweighted product of every channel pair, T[k, u·mul2 + v] =
 // Σ_ij C_ijk x[u, i] y[v, j], written component-major (a path's output block is the [dim_out, mul1·mul2]
-// matrix). A TensorProduct with shared weights runs its uvw paths as this product followed by a matrix
-// product with the weights (jaxbatmobile/_src/tensor_product.py, _UvwGemm): the weights then never pass
-// through a per-item loop. Plain products only (no graph calls).
+// matrix). A TensorProduct runs its uvw paths as this product followed by a matrix product with the
+// weights (jaxbatmobile/_src/tensor_product.py, _UvwGemm): the weights then never pass through a
+// per-item loop. Plain products only (no graph calls).
 #pragma once
 
 #include "core/common.h"

@@ -9,7 +9,7 @@
 //   by warps at the end of the row.
 // * tp_kernel (everything else): threads over the items of all paths (csrc/core/tp.h), contributions
 //   accumulated with shared-memory atomics (global ones for outputs too wide for shared memory); the
-//   outer product of the shared-weight uvw route (core::TpMode::kOuter) writes its outputs directly.
+//   outer product of the uvw route (core::TpMode::kOuter) writes its outputs directly.
 // * Deterministic scatter of the convolution (TpCall::segmented: output slot x or z, edges listed per
 //   target node): tp_uvu_segment_kernel / tp_segment_kernel, one block per node, which stage a chunk of
 //   the node's edges in shared memory, sum their contributions in a fixed order in registers (the

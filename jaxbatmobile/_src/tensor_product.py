@@ -38,7 +38,7 @@ from jaxbatmobile._src.sh import _NORMALIZATIONS as sh_normalizations, sh_jvp_p
 SLOT_X, SLOT_Y, SLOT_W, SLOT_Z = 0, 1, 2, 3
 _SLOT_NAMES = ("x", "y", "weights", "output")
 _MODES = {"uvu": 0, "uvw": 1}
-_MODE_OUTER = 2  # internal (csrc/core/tp.h, TpMode::kOuter): the shared-weight uvw route, _UvwGemm
+_MODE_OUTER = 2  # internal (csrc/core/tp.h, TpMode::kOuter): the uvw route, _UvwGemm
 _PATH_FIELDS = 14  # csrc/core/tp.h, TpPath
 KERNEL_GENERIC, KERNEL_UVU = 0, 1  # csrc/core/tp.h, TpKernel
 
@@ -93,8 +93,9 @@ class TensorProduct:
         self.instructions = self.e3nn.instructions
         self.weight_numel = sum(int(np.prod(i.path_shape)) for i in self.instructions if i.has_weight)
         self._tables = _build_tables(self)
-        # Shared weights: uvw paths as CG product + GEMM (None: no uvw path, the kernels take it all).
-        self._uvw_gemm = _UvwGemm(self) if any(i.connection_mode == "uvw" for i in self.instructions) else None
+        # uvw paths as CG product + GEMM (None: no uvw path contributes, the kernels take it all).
+        uvw = any(i.connection_mode == "uvw" and _contributes(self, i) for i in self.instructions)
+        self._uvw_gemm = _UvwGemm(self) if uvw else None
 
     def __repr__(self):
         return (f"TensorProduct({self.irreps_in1} x {self.irreps_in2} -> {self.irreps_out}, "
@@ -107,7 +108,7 @@ class TensorProduct:
         y = jnp.broadcast_to(y, batch + y.shape[-1:])
         if not shared:
             weights = jnp.broadcast_to(weights, batch + weights.shape[-1:])
-        if (shared or _UVW_GEMM_PER_ROW) and self._uvw_gemm is not None and self._uvw_gemm.outer is not None:
+        if self._uvw_gemm is not None and (shared or _UVW_GEMM_PER_ROW):
             return self._uvw_gemm(x, y, weights, shared)
         return _bind(self._tables, SLOT_Z, shared, x, y, weights)
 
@@ -185,24 +186,20 @@ class _UvwGemm:
                 self.blocks.append((off_t, off_w, a, mulo, iro.dim, ins.i_out))
                 off_t += a * iro.dim
         self.irreps_out = tp.irreps_out
-        self.outer = _tables_from_rows(rows, degrees, path_weight,
-                                       (tp.irreps_in1.dim, tp.irreps_in2.dim, off_t, 0)) if rows else None
-        rest = [ins for ins in tp.instructions if not routed(ins) and _contributes(tp, ins)]
-        self.rest = _build_tables(tp, keep=lambda ins: not routed(ins)) if rest else None
+        self.outer = _tables_from_rows(rows, degrees, path_weight, (tp.irreps_in1.dim, tp.irreps_in2.dim, off_t, 0))
+        rest = _build_tables(tp, keep=lambda ins: not routed(ins))
+        self.rest = rest if len(rest.paths) else None
 
     def __call__(self, x, y, w, shared=True):
         batch, dtype = x.shape[:-1], x.dtype
         out = _bind(self.rest, SLOT_Z, shared, x, y, w) if self.rest is not None else None
-        if self.outer is None:
-            return out
         t = _bind(self.outer, SLOT_Z, True, x, y, jnp.zeros((0,), dtype))
+        batched = () if shared else tuple(range(len(batch)))  # per-row weights: a batched product
         per_irrep = [None] * len(self.irreps_out)
         for off_t, off_w, a, mulo, dim, i_out in self.blocks:
             t_p = t[..., off_t:off_t + a * dim].reshape(batch + (dim, a))
             w_p = w[..., off_w:off_w + a * mulo].reshape(w.shape[:-1] + (a, mulo))
-            n = len(batch)
-            batched = () if shared else tuple(range(n))  # per-row weights: a batched product
-            o = jax.lax.dot_general(t_p, w_p, (((n + 1,), (len(batched),)), (batched, batched)),
+            o = jax.lax.dot_general(t_p, w_p, (((len(batch) + 1,), (len(batched),)), (batched, batched)),
                                     precision=jax.lax.Precision.HIGHEST)  # [..., dim, mulo]
             o = jnp.swapaxes(o, -1, -2)
             per_irrep[i_out] = o if per_irrep[i_out] is None else per_irrep[i_out] + o
@@ -256,8 +253,9 @@ def _tables_from_rows(rows, degrees, path_weight, dims, kernel="auto") -> _Table
         paths.append(list(row) + [begin, len(coef), 0])
     paths = np.asarray(paths, np.int32).reshape(-1, _PATH_FIELDS)
     path_weight = np.asarray(path_weight, np.float64)
-    if _path_items(paths).sum() >= 2**31:
-        raise ValueError(f"TensorProduct: {_path_items(paths).sum()} work items per row is more than the kernels support")
+    num_items = int(_path_items(paths).sum())
+    if num_items >= 2**31:
+        raise ValueError(f"TensorProduct: {num_items} work items per row is more than the kernels support")
     # The channelwise kernel sums the paths that write one irrep block in registers, over runs of
     # consecutive paths: group them by output block (x block for the x gradient).
     paths, path_weight = _grouped(paths, path_weight, column=6)
@@ -275,7 +273,7 @@ def _tables_from_rows(rows, degrees, path_weight, dims, kernel="auto") -> _Table
         path_weight=path_weight,
         paths_by_x=paths_by_x,
         path_weight_by_x=path_weight_by_x,
-        num_items=int(_path_items(paths).sum()),
+        num_items=num_items,
         dims=dims,
         kernel=KERNEL_UVU if uvu and kernel == "auto" else KERNEL_GENERIC,
         # Elements of one row's y-contracted CG blocks (csrc/core/tp_uvu.h, uvu_contracted_stride).
