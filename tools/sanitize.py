@@ -11,7 +11,10 @@ garbage under instrumentation still fails. Prints one line per case and "sanitiz
 
 from __future__ import annotations
 
+import argparse
+import pickle
 import sys
+import zlib
 
 import jax
 import jax.numpy as jnp
@@ -24,18 +27,29 @@ import e3nn_jax as e3nn  # noqa: E402
 import jaxbatmobile as jb  # noqa: E402
 from jaxbatmobile import batmobile  # noqa: E402
 
-rng = np.random.default_rng(0)
+rng = np.random.default_rng(0)  # seeded again per part (main), so a part's inputs do not depend on the others
 failures = []
-UNDER_TEST = "gpu"  # --dry-run: "cpu" (checks this script on a machine without a GPU)
+MODE = "gpu"  # "cpu": --dry-run (checks this script without a GPU); "reference": --save-reference FILE
+REFERENCE = None  # case name -> CPU results, from --reference FILE (computed outside the sanitizer)
+SAVED = {}
 
 
 def arr(shape, dtype):
     return jnp.asarray(rng.normal(size=shape), dtype)
 
 
-def check(name, got, want, dtype):
+def check(name, f, args, dtype):
+    """f(*args) on the device under test against the CPU's results: computed here, or read from a file
+    that an unsanitized process wrote (then the sanitized process runs nothing on the CPU: XLA's CPU
+    compiler and thread pools inside it are the least work for the tool)."""
+    if MODE == "reference":
+        SAVED[name] = jax.tree.leaves(on("cpu", f)(*args))
+        print(f"ref  {name}", flush=True)
+        return
+    got = jax.tree.leaves(on(MODE, f)(*args))
+    want = REFERENCE[name] if REFERENCE is not None else jax.tree.leaves(on("cpu", f)(*args))
     tol = 1e-4 if dtype == jnp.float32 else 1e-10
-    for g, w in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
+    for g, w in zip(got, want, strict=True):
         g, w = np.asarray(g, np.float64), np.asarray(w, np.float64)
         err = np.max(np.abs(g - w), initial=0.0) / max(np.max(np.abs(w), initial=0.0), 1e-30)
         if not np.all(np.isfinite(g)) or err > tol:
@@ -67,7 +81,7 @@ def sh_cases(degrees=(3, jb.SH_MAX_L), dtypes=(jnp.float32, jnp.float64)):
                 return sh(v), jax.jvp(sh, (v,), (t,))[1], jax.grad(energy)(v)
 
             name = f"sh l={lmax} {jnp.dtype(dtype).name} fwd/jvp/grad"
-            check(name, on(UNDER_TEST, f)(vec, tangent), on("cpu", f)(vec, tangent), dtype)
+            check(name, f, (vec, tangent), dtype)
 
 
 def sh_part(spec):
@@ -103,11 +117,11 @@ def tp_cases():
                     return second_order(lambda x, y, w: tp(x, y, w), x, y, w)
 
                 label = f"tp {name} {jnp.dtype(dtype).name} {'shared' if shared else 'per-row'} w: fwd/grad/grad2"
-                check(label, on(UNDER_TEST, f)(x, y, w), on("cpu", f)(x, y, w), dtype)
+                check(label, f, (x, y, w), dtype)
         # empty batch
-        z = on(UNDER_TEST, lambda x, y, w, tp=tp: tp(x, y, w))(
-            jnp.zeros((0, tp.irreps_in1.dim)), jnp.zeros((0, tp.irreps_in2.dim)), jnp.ones((tp.weight_numel,)))
-        print(f"ok   tp {name} empty batch {z.shape}", flush=True)
+        check(f"tp {name} empty batch", lambda x, y, w, tp=tp: tp(x, y, w),
+              (jnp.zeros((0, tp.irreps_in1.dim)), jnp.zeros((0, tp.irreps_in2.dim)), jnp.ones((tp.weight_numel,))),
+              jnp.float64)
 
 
 def uvw_cases(tp):
@@ -135,10 +149,8 @@ def uvw_cases(tp):
             return second_order(lambda x, y, w: tpm._bind(outer, tpm.SLOT_Z, True, x, y, empty), x, y, w, argnums=(0, 1))
 
         name = jnp.dtype(dtype).name
-        check(f"tp uvw {name} per-row w, item kernel: fwd/grad/grad2", on(UNDER_TEST, item)(x, y, w),
-              on("cpu", item)(x, y, w), dtype)
-        check(f"tp uvw {name} outer product: fwd/grad/grad2", on(UNDER_TEST, product)(x, y, w),
-              on("cpu", product)(x, y, w), dtype)
+        check(f"tp uvw {name} per-row w, item kernel: fwd/grad/grad2", item, (x, y, w), dtype)
+        check(f"tp uvw {name} outer product: fwd/grad/grad2", product, (x, y, w), dtype)
 
 
 def second_order(f, x, y, w, argnums=(0, 1, 2)):
@@ -181,7 +193,7 @@ def conv_cases(problems=("uvu", "uvw"), dtypes=(jnp.float32, jnp.float64)):
                             lambda x, y, w: jnp.sum(jax.grad(loss, argnums=1)(x, y, w) ** 2), argnums=(0, 1, 2))(x, y, w)
 
                     label = f"conv {name} {jnp.dtype(dtype).name} {'det' if det else 'atomic'} E={edges}: fwd/grad/grad2"
-                    check(label, on(UNDER_TEST, f)(x, y, w), on("cpu", f)(x, y, w), dtype)
+                    check(label, f, (x, y, w), dtype)
             if name == "uvu":
                 force_cases("step", dtypes=(dtype,))
 
@@ -213,7 +225,7 @@ def force_cases(stage, dtypes=(jnp.float32,), dets=(False, True)):
                 return jax.grad(loss, argnums=(0, 1))(x, w)
 
             label = f"sh_conv force {stage} {jnp.dtype(dtype).name} {'det' if det else 'atomic'}"
-            check(label, on(UNDER_TEST, run)(x, w, pos), on("cpu", run)(x, w, pos), dtype)
+            check(label, run, (x, w, pos), dtype)
 
 
 def batmobile_cases():
@@ -236,7 +248,7 @@ def batmobile_cases():
             return jax.grad(loss, argnums=tuple(range(6)))(x, y, xc, wt, vec, feats)
 
         args = (x, y, xc, wt, vec, feats)
-        check(f"batmobile {jnp.dtype(dtype).name} grads", on(UNDER_TEST, f)(*args), on("cpu", f)(*args), dtype)
+        check(f"batmobile {jnp.dtype(dtype).name} grads", f, args, dtype)
 
 
 PARTS = {
@@ -248,9 +260,11 @@ PARTS = {
 
 
 def main(parts):
-    if UNDER_TEST == "gpu" and not any(d.platform == "gpu" for d in jax.devices()):
+    global rng
+    if MODE == "gpu" and not any(d.platform == "gpu" for d in jax.devices()):
         sys.exit("sanitize: no GPU")
     for part in parts:
+        rng = np.random.default_rng(zlib.crc32(part.encode()))
         if part.startswith("sh-"):
             sh_part(part)
         elif part.startswith("conv-"):  # one problem and dtype, e.g. "conv-uvu-float32"
@@ -266,8 +280,17 @@ def main(parts):
 
 
 if __name__ == "__main__":
-    args = sys.argv[1:]
-    if "--dry-run" in args:
-        args.remove("--dry-run")
-        UNDER_TEST = "cpu"
-    main(args[0].split(",") if args else ["sh", "tp", "conv", "batmobile"])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("parts", nargs="?", default="sh,tp,conv,batmobile")
+    parser.add_argument("--dry-run", action="store_true", help="the device under test is the CPU")
+    parser.add_argument("--save-reference", metavar="FILE", help="only compute the CPU results, into FILE")
+    parser.add_argument("--reference", metavar="FILE", help="compare with the CPU results in FILE")
+    opts = parser.parse_args()
+    MODE = "reference" if opts.save_reference else "cpu" if opts.dry_run else "gpu"
+    if opts.reference:
+        with open(opts.reference, "rb") as f:
+            REFERENCE = pickle.load(f)
+    main(opts.parts.split(","))
+    if opts.save_reference:
+        with open(opts.save_reference, "wb") as f:
+            pickle.dump(SAVED, f)

@@ -21,7 +21,11 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0"
 TOOLS=${1:-memcheck,racecheck,initcheck,synccheck}
 PARTS=${2:-sh,tp,batmobile,conv-uvu-float32,conv-uvu-float64,conv-uvw-float32,conv-uvw-float64}
-export OUT TRIES=${JBM_SANITIZE_TRIES:-3}
+export OUT TRIES=${JBM_SANITIZE_TRIES:-3} REF="$OUT/sanitize-reference.pkl"
+# The CPU results, computed once without the sanitizer: the sanitized processes then run the GPU only
+# (JAX_PLATFORMS=cuda), with python's faulthandler on so a crash names the case and the call it died in.
+JAX_PLATFORMS=cpu python3 tools/sanitize.py --save-reference "$REF" "$PARTS" > "$OUT/sanitize-reference.txt" 2>&1 ||
+  { tail -20 "$OUT/sanitize-reference.txt"; exit 1; }
 
 sanitize_pair() {  # tool part -> one line of the matrix
   local tool=$1 part=$2 try rc log summary filter t0=$(date +%s)
@@ -31,8 +35,8 @@ sanitize_pair() {  # tool part -> one line of the matrix
   filter=(--kernel-name kns=jbm); [ "$tool" = initcheck ] && filter=()
   for try in $(seq 1 "$TRIES"); do
     log="$OUT/sanitize-$tool-$part.txt"; [ "$try" -gt 1 ] && log="$OUT/sanitize-$tool-$part.try$try.txt"
-    compute-sanitizer --tool "$tool" "${filter[@]}" --error-exitcode 99 --print-limit 20 \
-      python3 tools/sanitize.py "$part" > "$log" 2>&1
+    JAX_PLATFORMS=cuda compute-sanitizer --tool "$tool" "${filter[@]}" --error-exitcode 99 --print-limit 20 \
+      python3 -X faulthandler tools/sanitize.py --reference "$REF" "$part" > "$log" 2>&1
     rc=$?
     summary=$(grep -E "ERROR SUMMARY|RACECHECK SUMMARY" "$log" | tail -1 | sed 's/^=* *//')
     # a finished pair: a clean run, a tool report (rc 99) or a failed case; anything else is a crash
@@ -48,5 +52,6 @@ export -f sanitize_pair
 
 IFS=, read -ra tools <<< "$TOOLS"; IFS=, read -ra parts <<< "$PARTS"
 for tool in "${tools[@]}"; do for part in "${parts[@]}"; do echo "$tool $part"; done; done |
-  xargs -P "${JBM_SANITIZE_JOBS:-4}" -L 1 bash -c 'sanitize_pair "$0" "$1"' | sort | tee "$OUT/sanitize-matrix.txt"
+  xargs -P "${JBM_SANITIZE_JOBS:-4}" -L 1 bash -c 'sanitize_pair "$0" "$1"' 2>/dev/null | sort | tee "$OUT/sanitize-matrix.txt"
+(cd "$OUT" && tar czf sanitize-logs.tgz sanitize-*.txt && rm -f sanitize-*-*.txt)  # one file to fetch
 ! grep -qv " clean " "$OUT/sanitize-matrix.txt"
