@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Runs tools/sanitize.py (every jaxbatmobile CUDA kernel, forward and derivatives, small problems) under
 # compute-sanitizer's memcheck, racecheck, initcheck and synccheck: each (tool, part) pair in its own
-# process, JBM_SANITIZE_JOBS of them at a time on the one GPU. Logs under $OUT/sanitize-TOOL-PART[.tryN].txt
-# and the matrix in $OUT/sanitize-matrix.txt; exits non-zero if any tool reports an error, a case differs
+# process, JBM_SANITIZE_JOBS of them at a time on the one GPU. Logs in $OUT/sanitize-logs[-TAG].tgz (TOOL-PART[.tryN].txt)
+# and the matrix in $OUT/sanitize-matrix[-TAG].txt; exits non-zero if any tool reports an error, a case differs
 # from the CPU reference, or a pair never ran to its end.
 # Usage (GPU machine, after the build): bash tools/sanitize.sh [tools] [parts]   (comma-separated lists)
+# JBM_SANITIZE_TAG names the matrix and log tarball of a run (several runs in one call keep theirs).
 #
 # A process that dies with neither a tool report nor a failed case (a segfault of the instrumented
 # python/XLA process: sessions 10-12 saw them at random cases, each of which then passed in another run,
@@ -21,11 +22,13 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0"
 TOOLS=${1:-memcheck,racecheck,initcheck,synccheck}
 PARTS=${2:-sh,tp,batmobile,conv-uvu-float32,conv-uvu-float64,conv-uvw-float32,conv-uvw-float64}
-export OUT TRIES=${JBM_SANITIZE_TRIES:-3} REF="$OUT/sanitize-reference.pkl"
+TAG=${JBM_SANITIZE_TAG:+-$JBM_SANITIZE_TAG}
+export TRIES=${JBM_SANITIZE_TRIES:-3} LOGS="$OUT/sanitize$TAG" REF="$OUT/sanitize$TAG/reference.pkl"
+mkdir -p "$LOGS"
 # The CPU results, computed once without the sanitizer: the sanitized processes then run the GPU only
 # (JAX_PLATFORMS=cuda), with python's faulthandler on so a crash names the case and the call it died in.
-JAX_PLATFORMS=cpu python3 tools/sanitize.py --save-reference "$REF" "$PARTS" > "$OUT/sanitize-reference.txt" 2>&1 ||
-  { tail -20 "$OUT/sanitize-reference.txt"; exit 1; }
+JAX_PLATFORMS=cpu python3 tools/sanitize.py --save-reference "$REF" "$PARTS" > "$LOGS/reference.txt" 2>&1 ||
+  { tail -20 "$LOGS/reference.txt"; exit 1; }
 
 sanitize_pair() {  # tool part -> one line of the matrix
   local tool=$1 part=$2 try rc log summary filter t0=$(date +%s)
@@ -34,7 +37,7 @@ sanitize_pair() {  # tool part -> one line of the matrix
   # (H100, 2026-11-23). The other tools instrument our kernels only (mangled names contain "jbm").
   filter=(--kernel-name kns=jbm); [ "$tool" = initcheck ] && filter=()
   for try in $(seq 1 "$TRIES"); do
-    log="$OUT/sanitize-$tool-$part.txt"; [ "$try" -gt 1 ] && log="$OUT/sanitize-$tool-$part.try$try.txt"
+    log="$LOGS/$tool-$part.txt"; [ "$try" -gt 1 ] && log="$LOGS/$tool-$part.try$try.txt"
     JAX_PLATFORMS=cuda compute-sanitizer --tool "$tool" "${filter[@]}" --error-exitcode 99 --print-limit 20 \
       python3 -X faulthandler tools/sanitize.py --reference "$REF" "$part" > "$log" 2>&1
     rc=$?
@@ -52,6 +55,6 @@ export -f sanitize_pair
 
 IFS=, read -ra tools <<< "$TOOLS"; IFS=, read -ra parts <<< "$PARTS"
 for tool in "${tools[@]}"; do for part in "${parts[@]}"; do echo "$tool $part"; done; done |
-  xargs -P "${JBM_SANITIZE_JOBS:-4}" -L 1 bash -c 'sanitize_pair "$0" "$1"' 2>/dev/null | sort | tee "$OUT/sanitize-matrix.txt"
-(cd "$OUT" && tar czf sanitize-logs.tgz sanitize-*.txt && rm -f sanitize-*-*.txt)  # one file to fetch
-! grep -qv " clean " "$OUT/sanitize-matrix.txt"
+  xargs -P "${JBM_SANITIZE_JOBS:-4}" -L 1 bash -c 'sanitize_pair "$0" "$1"' 2>/dev/null | sort | tee "$OUT/sanitize-matrix$TAG.txt"
+(cd "$OUT" && tar czf "sanitize-logs$TAG.tgz" "sanitize$TAG" && rm -rf "sanitize$TAG")  # one file to fetch
+! grep -qv " clean " "$OUT/sanitize-matrix$TAG.txt"
