@@ -196,8 +196,6 @@ def conv_cases(problems=("uvu", "uvw"), dtypes=(jnp.float32, jnp.float64)):
 
                     label = f"conv {name} {jnp.dtype(dtype).name} {'det' if det else 'atomic'} E={edges}: fwd/grad/grad2"
                     check(label, f, (x, y, w), dtype)
-            if name == "uvu":
-                force_cases("step", dtypes=(dtype,))
 
 
 def force_cases(stage, dtypes=(jnp.float32,), dets=(False, True)):
@@ -256,7 +254,7 @@ def batmobile_cases():
 PARTS = {
     "sh": sh_cases,
     "tp": tp_cases,
-    "conv": conv_cases,
+    "conv": lambda: (conv_cases(), force_cases("step", (jnp.float32, jnp.float64))),
     "batmobile": batmobile_cases,
 }
 
@@ -272,8 +270,9 @@ def main(parts):
         elif part.startswith("conv-"):  # one problem and dtype, e.g. "conv-uvu-float32"
             _, problem, dtype = part.split("-")
             conv_cases((problem,), (jnp.dtype(dtype),))
-        elif part.startswith("force-"):
-            force_cases(part[len("force-"):], dets=(False,))
+        elif part.startswith("force-"):  # force-STAGE[-DTYPE[-MODE]], e.g. "force-step-float64-det"
+            stage, dtype, mode = (part.split("-")[1:] + ["float32", "atomic"])[:3]
+            force_cases(stage, (jnp.dtype(dtype),), (mode == "det",))
         else:
             PARTS[part]()
     if failures:
