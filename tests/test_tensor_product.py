@@ -366,3 +366,45 @@ def test_uvu_kernel_matches_generic_kernel(rng, shared):
             for a, b in zip(results, expected):
                 assert_close(a, b, 1e-13)
     assert_close(expected[0], _ref(tp, x, y, w, shared), 1e-12)
+
+
+def test_uvu_shape_codes(tps):
+    """Full channelwise problems get their compile-time shape code (csrc/core/tp_uvu_shape.h: 2 bits per
+    degree, 1 even / 2 odd; x | y << 8 | out << 16), every other problem 0."""
+    sh3 = 1 | 2 << 2 | 1 << 4 | 2 << 6
+    assert tps("mace-large")._tables.uvu_shape == (1 | 2 << 2 | 1 << 4) | sh3 << 8 | sh3 << 16
+    assert tps("mace-medium")._tables.uvu_shape == (1 | 2 << 2) | sh3 << 8 | (1 | 2 << 2 | 1 << 4) << 16
+    for name in ("nequip-parity", "nequix-nonuniform", "uvw-fc", "mixed-l4"):
+        assert tps(name)._tables.uvu_shape == 0, name
+    i1, io = "8x0e+8x1o", "8x0e+8x1o+8x2e"
+    full = jb.channelwise_instructions(i1, SH3, io)
+    assert jb.TensorProduct(i1, SH3, io, full[:-1])._tables.uvu_shape == 0  # a path missing
+    assert jb.TensorProduct(i1, SH3, io, full[::-1])._tables.uvu_shape == 0  # another weight order
+    unweighted = [ins[:4] + (n != 2,) for n, ins in enumerate(full)]
+    assert jb.TensorProduct(i1, SH3, io, unweighted)._tables.uvu_shape == 0
+    assert jb.TensorProduct("8x1o+8x0e", SH3, io, jb.channelwise_instructions("8x1o+8x0e", SH3, io))._tables.uvu_shape == 0
+
+
+@pytest.mark.parametrize("mul", [1, 40, 130])
+@pytest.mark.parametrize("shape", ["mace-large", "mace-medium"])
+def test_shaped_kernel_matches_e3nn(rng, shape, mul):
+    """The straight-line kernel of compiled shapes (tp_uvu_shape.h) at multiplicities below, between and
+    above a block's 128 threads: values (fp64 and fp32, shared and per-row weights) against e3nn-jax,
+    and a jvp in every operand (slot z again) against the table-driven channelwise kernel."""
+    import dataclasses
+
+    if shape == "mace-large":
+        i1, io = f"{mul}x0e+{mul}x1o+{mul}x2e", f"{mul}x0e+{mul}x1o+{mul}x2e+{mul}x3o"
+    else:
+        i1, io = f"{mul}x0e+{mul}x1o", f"{mul}x0e+{mul}x1o+{mul}x2e"
+    tp = jb.TensorProduct(i1, SH3, io, jb.channelwise_instructions(i1, SH3, io))
+    assert tp._tables.uvu_shape != 0
+    table_driven = _with_kernel(tp, "auto")
+    table_driven._tables = dataclasses.replace(table_driven._tables, uvu_shape=0)
+    for dtype, shared in ((np.float64, False), (np.float64, True), (np.float32, False)):
+        x, y, w = _inputs(rng, tp, (11,), dtype, shared)
+        assert_close(tp(x, y, w), _ref(tp, x, y, w, shared), 1e-12 if dtype == np.float64 else TOL[dtype] * 5)
+    x, y, w = _inputs(rng, tp, (11,), np.float64)
+    tangents = tuple(rng.normal(size=a.shape) for a in (x, y, w))
+    jvps = [jax.jvp(lambda x, y, w, t=t: t(x, y, w), (x, y, w), tangents)[1] for t in (tp, table_driven)]
+    assert_close(jvps[0], jvps[1], 1e-12)

@@ -5,7 +5,8 @@ lines). Session 11 compared three plain-row kernels this way (benchmarks/NOTES.m
     JBM_VARIANT=name python3 tools/ab_rows.py [--batch 50000] [--problems "MACE-large uvu,MACE-medium uvu"]
 
 JBM_UVW_GEMM_PER_ROW=0 or 1 sets whether per-row uvw weights go through the CG product + batched GEMM
-(tensor_product._UVW_GEMM_PER_ROW, default 1) or the item kernel ("FC uvw per-row").
+(tensor_product._UVW_GEMM_PER_ROW, default 1) or the item kernel ("FC uvw per-row"). JBM_UVU_SHAPE=0 runs
+full channelwise problems (MACE) on the table-driven kernel instead of their compiled shape's.
 
 Prints per problem the median ms of the forward and of fwd+bwd (out, dx, dy, dw; benchmarks/tp.py's
 definition), and the fwd+bwd's kernels (CUPTI via tools/kernel_times.py). Not a peer benchmark: that is
@@ -38,6 +39,11 @@ def main():
 
         tensor_product._UVW_GEMM_PER_ROW = os.environ["JBM_UVW_GEMM_PER_ROW"] == "1"
         variant += f"+uvw-gemm-per-row={int(tensor_product._UVW_GEMM_PER_ROW)}"
+    if os.environ.get("JBM_UVU_SHAPE") == "0":  # full channelwise problems on the table-driven kernel
+        from jaxbatmobile._src import tensor_product
+
+        tensor_product._uvu_shape = lambda tp: 0
+        variant += "+uvu-shape=0"
     all_problems = problems()
     for name in args.problems.split(","):
         tp = all_problems[name]

@@ -186,6 +186,9 @@ struct TpCall {
   const int32_t* seg_pieces = nullptr;
   void* seg_scratch = nullptr;
   int64_t seg_scratch_rows = 0;
+  // Channelwise problems whose irreps and instructions are fixed at compile time up to the multiplicity
+  // (csrc/core/tp_uvu_shape.h): their code, X | Y << 8 | O << 16; 0 for any other problem.
+  uint32_t uvu_shape = 0;
   JBM_HD bool segmented() const { return seg_offsets != nullptr && scatters(); }
   JBM_HD int64_t y_width() const { return sh_lmax >= 0 ? 3 : dim_y; }
   JBM_HD bool scatters() const { return nodes >= 0 && (slot == TpSlot::kX || slot == TpSlot::kZ); }

@@ -6,6 +6,7 @@
 
 #include "core/tp.h"
 #include "core/tp_uvu.h"
+#include "core/tp_uvu_shape.h"
 
 namespace jbm::cpu {
 
@@ -62,6 +63,25 @@ void tp_row_uvu(const core::TpCall& c, const core::TpPath* paths, const T* pw, c
   }
 }
 
+// Slot z of a full channelwise problem (core/tp_uvu_shape.h), channel by channel on its compile-time
+// path list; false (nothing added) if the call does not fit the shape.
+template <uint32_t X, uint32_t Y, uint32_t O, typename T>
+bool tp_row_uvu_shape(const core::TpCall& c, const core::TpPath* paths, const T* pw, const T* const row[4], T* acc) {
+  using S = core::UvuShape<X, Y, O>;
+  const int32_t mul = c.num_paths > 0 ? paths[0].mul1 : 0;
+  T pw_by_index[S::kNumPaths], scale[S::kNumPaths], xu[S::kDimX], zu[S::kDimO];
+  if (!row[2] || !core::shape_fits<X, Y, O>(c, mul) ||
+      !core::shape_path_weights<S::kNumPaths>(paths, pw, c.num_paths, mul, pw_by_index))
+    return false;
+  for (int32_t u = 0; u < mul; ++u) {
+    core::shape_gather<X>(row[0], mul, u, xu);
+    for (int n = 0; n < S::kNumPaths; ++n) scale[n] = pw_by_index[n] * row[2][int64_t(n) * mul + u];
+    core::uvu_shape_channel<X, Y, O>(xu, row[1], scale, zu);
+    core::shape_scatter<O, true>(zu, mul, u, acc);
+  }
+  return true;
+}
+
 // Adds row r's contribution (x row rx, z row rz) to `acc`, a row of the output (or the shared sum).
 template <core::TpSlot SLOT, typename T>
 void tp_add_row(const core::TpCall& c, const core::TpPath* paths, const int32_t* cg_ijk, const T* cg_c, const T* pw,
@@ -75,6 +95,12 @@ void tp_add_row(const core::TpCall& c, const core::TpPath* paths, const int32_t*
     core::tp_sh_row(c, row[1], sh);
     row[1] = sh;
   }
+  if constexpr (SLOT == core::TpSlot::kZ)
+    if (c.kernel == core::TpKernel::kUvu && core::uvu_shape_dispatch(c.uvu_shape, [&](auto s) {
+          using S = decltype(s);
+          return tp_row_uvu_shape<S::X, S::Y, S::O>(c, paths, pw, row, acc);
+        }))
+      return;
   if (c.kernel == core::TpKernel::kUvu)
     tp_row_uvu<SLOT>(c, paths, pw, row, acc);
   else

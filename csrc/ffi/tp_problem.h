@@ -39,7 +39,11 @@ inline xla::ffi::Error check_tp(const xla::ffi::AnyBuffer& a, const xla::ffi::An
   using ffi_util::invalid;
   namespace ffi = xla::ffi;
   if (slot < 0 || slot > 3) return invalid("slot of ", kTpOp, " must be in [0, 3], got ", slot);
-  if (kernel < 0 || kernel > 1) return invalid("kernel of ", kTpOp, " must be 0 or 1, got ", kernel);
+  // kernel: core::TpKernel in bits 0-3; for the channelwise kernel, bits 4-27 may hold the problem's
+  // shape code (TpCall::uvu_shape, csrc/core/tp_uvu_shape.h).
+  const int32_t kernel_kind = kernel & 0xF, uvu_shape = kernel >> 4;
+  if (kernel < 0 || kernel_kind > 1 || (uvu_shape != 0 && kernel_kind != 1) || uvu_shape >= (1 << 24))
+    return invalid("kernel of ", kTpOp, " must be 0, 1 or 1 | shape << 4, got ", kernel);
   const char* names[4] = {"x", "y", "weights", "z"};
   const ffi::AnyBuffer* in[3] = {&a, &b, &c};
   for (int s = 0, k = 0; s < 4; ++s) bufs->ops[s] = s == slot ? nullptr : in[k++];
@@ -76,9 +80,10 @@ inline xla::ffi::Error check_tp(const xla::ffi::AnyBuffer& a, const xla::ffi::An
   core::TpCall call{static_cast<core::TpSlot>(slot), 0,
                     static_cast<int32_t>(paths.element_count() / core::kTpPathFields), num_items,
                     dim_x, dim_y, dim_z, num_w, shared_w != 0, with_unweighted != 0,
-                    static_cast<core::TpKernel>(kernel), zero_fill, num_nodes, nullptr, nullptr, nullptr, nullptr,
+                    static_cast<core::TpKernel>(kernel_kind), zero_fill, num_nodes, nullptr, nullptr, nullptr, nullptr,
                     sh_lmax < 0 ? -1 : sh_lmax, sh_normalize != 0, static_cast<core::ShNormalization>(sh_normalization),
                     yc_width};
+  call.uvu_shape = static_cast<uint32_t>(uvu_shape);
   if (yc_width < 0) return invalid("yc_width of ", kTpOp, " must be non-negative, got ", yc_width);
   if (static_cast<int64_t>(path_weight.element_count()) != call.num_paths)
     return invalid("path weights of ", kTpOp, " must have one entry per path");

@@ -58,6 +58,7 @@ class _Tables:
     kernel: int  # KERNEL_GENERIC or KERNEL_UVU (csrc/core/tp.h, TpKernel)
     zero_fill: int  # bit s: operand s has elements that no path writes (csrc/core/tp.h, TpCall)
     yc_width: int  # elements of one row's y-contracted CG blocks (csrc/core/tp.h, TpCall)
+    uvu_shape: int = 0  # shape code of a full channelwise problem (csrc/core/tp_uvu_shape.h), else 0
 
 
 class TensorProduct:
@@ -233,7 +234,34 @@ def _build_tables(tp: TensorProduct, kernel: str = "auto", keep=lambda ins: True
             cg.append((ir1.l, ir2.l, iro.l))
             path_weight.append(ins.path_weight)
     dims = (tp.irreps_in1.dim, tp.irreps_in2.dim, tp.irreps_out.dim, tp.weight_numel)
-    return _tables_from_rows(paths, cg, path_weight, dims, kernel)
+    tables = _tables_from_rows(paths, cg, path_weight, dims, kernel)
+    if tables.kernel == KERNEL_UVU and len(paths) == len(tp.instructions):
+        tables = dataclasses.replace(tables, uvu_shape=_uvu_shape(tp))
+    return tables
+
+
+def _uvu_shape(tp: TensorProduct) -> int:
+    """The shape code (csrc/core/tp_uvu_shape.h) of a "full channelwise" problem, else 0: x and the output
+    of one multiplicity, y one channel per irrep, each list in increasing degree without repeats (l ≤ 3),
+    and the instructions exactly ``channelwise_instructions`` of the three, all contributing. Such a
+    problem is fixed by its irreps up to the multiplicity; the GPU runs its forward as straight-line code
+    when it was compiled for that shape (MACE-large, MACE-medium), else on the table-driven kernel."""
+
+    def code(irreps, mul):
+        degrees = [ir.l for _, ir in irreps]
+        if any(m != mul for m, _ in irreps) or degrees != sorted(set(degrees)) or max(degrees) > coefficient_tables.CG_MAX_L:
+            return None
+        return sum((1 if ir.p == 1 else 2) << (2 * ir.l) for _, ir in irreps)
+
+    if not (len(tp.irreps_in1) and len(tp.irreps_in2) and len(tp.irreps_out)):
+        return 0
+    mul = tp.irreps_in1[0].mul
+    codes = code(tp.irreps_in1, mul), code(tp.irreps_in2, 1), code(tp.irreps_out, mul)
+    given = [(i.i_in1, i.i_in2, i.i_out, i.connection_mode, i.has_weight) for i in tp.instructions]
+    if None in codes or given != channelwise_instructions(tp.irreps_in1, tp.irreps_in2, tp.irreps_out):
+        return 0
+    x, y, out = codes
+    return x | y << 8 | out << 16
 
 
 def _contributes(tp, ins) -> bool:
@@ -436,7 +464,7 @@ def _tables_and_attrs(tables, by_x, dtype, *, shared, unweighted, num_nodes, sh)
     sh_lmax, sh_normalize, sh_normalization = (-1, False, "component") if sh is None else sh
     attrs = dict(shared_w=np.int32(shared), with_unweighted=np.int32(unweighted),
                  dim_x=np.int32(dim_x), dim_y=np.int32(dim_y), dim_z=np.int32(dim_z), num_w=np.int32(num_w),
-                 num_items=np.int64(tables.num_items), kernel=np.int32(tables.kernel),
+                 num_items=np.int64(tables.num_items), kernel=np.int32(tables.kernel | tables.uvu_shape << 4),
                  zero_fill=np.int32(tables.zero_fill), num_nodes=np.int64(-1 if num_nodes is None else num_nodes),
                  sh_lmax=np.int32(sh_lmax), sh_normalize=np.int32(sh_normalize),
                  sh_normalization=np.int32(sh_normalizations[sh_normalization]), yc_width=np.int32(tables.yc_width))
