@@ -19,6 +19,7 @@
 // (core::tp_sh_row) and never written to device memory.
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 
 #include "core/tp_uvu.h"
 #include "core/tp_uvu_shape.h"
@@ -291,8 +292,8 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_kernel(TpCall c, const TpPath
 // blocks of the channel in registers, stored once. No path table in the loop, no runtime dispatch:
 // the table-driven kernel above spent ~8k warp instructions per MACE-large row, 22% of them FP32
 // (ncu, session 12).
-template <uint32_t X, uint32_t Y, uint32_t O, typename T>
-__global__ void __launch_bounds__(kThreads) tp_uvu_shaped_kernel(TpCall c, const TpPath* __restrict__ paths_g,
+template <uint32_t X, uint32_t Y, uint32_t O, typename T, int MIN_BLOCKS>
+__global__ void __launch_bounds__(kThreads, MIN_BLOCKS) tp_uvu_shaped_kernel(TpCall c, const TpPath* __restrict__ paths_g,
                                                                  const T* __restrict__ pw_g, const T* __restrict__ x,
                                                                  const T* __restrict__ y, const T* __restrict__ w,
                                                                  T* __restrict__ out) {
@@ -986,7 +987,14 @@ bool launch_uvu_shaped(cudaStream_t stream, const TpCall& c, const TpPath* paths
     const int64_t mul = c.dim_x / core::UvuShape<S::X, S::Y, S::O>::kDimX;
     if (mul > (int64_t(1) << 30) || !core::shape_fits<S::X, S::Y, S::O>(c, static_cast<int32_t>(mul))) return false;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(c.rows, int64_t(1) << 20));
-    tp_uvu_shaped_kernel<S::X, S::Y, S::O, T><<<blocks, kThreads, 0, stream>>>(c, paths, pw, ops[0], ops[1], ops[2], out);
+    static const int min_blocks = [] {  // EXPERIMENT (session 13 A/B): registers capped for more blocks per SM
+      const char* v = std::getenv("JBM_SHAPED_MIN_BLOCKS");
+      return v ? std::atoi(v) : 1;
+    }();
+    auto kernel = tp_uvu_shaped_kernel<S::X, S::Y, S::O, T, 1>;
+    if (sizeof(T) == 4 && min_blocks == 6) kernel = tp_uvu_shaped_kernel<S::X, S::Y, S::O, T, 6>;
+    if (sizeof(T) == 4 && min_blocks == 8) kernel = tp_uvu_shaped_kernel<S::X, S::Y, S::O, T, 8>;
+    kernel<<<blocks, kThreads, 0, stream>>>(c, paths, pw, ops[0], ops[1], ops[2], out);
     *err = cudaGetLastError();
     return true;
   });
