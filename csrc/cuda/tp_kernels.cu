@@ -19,7 +19,6 @@
 // (core::tp_sh_row) and never written to device memory.
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
 
 #include "core/tp_uvu.h"
 #include "core/tp_uvu_shape.h"
@@ -292,11 +291,18 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_kernel(TpCall c, const TpPath
 // blocks of the channel in registers, stored once. No path table in the loop, no runtime dispatch:
 // the table-driven kernel above spent ~8k warp instructions per MACE-large row, 22% of them FP32
 // (ncu, session 12).
-template <uint32_t X, uint32_t Y, uint32_t O, typename T, int MIN_BLOCKS>
-__global__ void __launch_bounds__(kThreads, MIN_BLOCKS) tp_uvu_shaped_kernel(TpCall c, const TpPath* __restrict__ paths_g,
-                                                                 const T* __restrict__ pw_g, const T* __restrict__ x,
-                                                                 const T* __restrict__ y, const T* __restrict__ w,
-                                                                 T* __restrict__ out) {
+//
+// fp32 is compiled for 8 blocks per SM (at most 64 registers, no spills). H100, MACE-large B = 50k,
+// forward (session 13): 0.492 ms uncapped (96 registers, 5 blocks per SM, ncu: DRAM 67%, 3.4k warp
+// instructions per row); capped in one build at 1 / 6 / 8 blocks (124 / 80 / 64 registers) 0.588 /
+// 0.473 / 0.438 ms: the loads are issued up front, so more resident warps keep more bytes in flight.
+template <typename T>
+constexpr int kShapedMinBlocks = sizeof(T) == 4 ? 8 : 1;
+
+template <uint32_t X, uint32_t Y, uint32_t O, typename T>
+__global__ void __launch_bounds__(kThreads, kShapedMinBlocks<T>)
+    tp_uvu_shaped_kernel(TpCall c, const TpPath* __restrict__ paths_g, const T* __restrict__ pw_g,
+                         const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w, T* __restrict__ out) {
   using S = core::UvuShape<X, Y, O>;
   __shared__ T pw[S::kNumPaths];
   const int32_t mul = static_cast<int32_t>(c.dim_x / S::kDimX);
@@ -987,14 +993,7 @@ bool launch_uvu_shaped(cudaStream_t stream, const TpCall& c, const TpPath* paths
     const int64_t mul = c.dim_x / core::UvuShape<S::X, S::Y, S::O>::kDimX;
     if (mul > (int64_t(1) << 30) || !core::shape_fits<S::X, S::Y, S::O>(c, static_cast<int32_t>(mul))) return false;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(c.rows, int64_t(1) << 20));
-    static const int min_blocks = [] {  // EXPERIMENT (session 13 A/B): registers capped for more blocks per SM
-      const char* v = std::getenv("JBM_SHAPED_MIN_BLOCKS");
-      return v ? std::atoi(v) : 1;
-    }();
-    auto kernel = tp_uvu_shaped_kernel<S::X, S::Y, S::O, T, 1>;
-    if (sizeof(T) == 4 && min_blocks == 6) kernel = tp_uvu_shaped_kernel<S::X, S::Y, S::O, T, 6>;
-    if (sizeof(T) == 4 && min_blocks == 8) kernel = tp_uvu_shaped_kernel<S::X, S::Y, S::O, T, 8>;
-    kernel<<<blocks, kThreads, 0, stream>>>(c, paths, pw, ops[0], ops[1], ops[2], out);
+    tp_uvu_shaped_kernel<S::X, S::Y, S::O, T><<<blocks, kThreads, 0, stream>>>(c, paths, pw, ops[0], ops[1], ops[2], out);
     *err = cudaGetLastError();
     return true;
   });
