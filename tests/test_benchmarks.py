@@ -31,10 +31,15 @@ def test_nequix_rows_checked_against_fp64(tmp_path):
     its distance to the fp64 run of the same model, and all are within the benchmark's tolerance."""
     pytest.importorskip("nequix")
     out = tmp_path / "results"
-    subprocess.run([sys.executable, "-m", "benchmarks", "--cpu", "--only", "nequix", "--out", str(out)],
-                   check=True, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    run = subprocess.run([sys.executable, "-m", "benchmarks", "--cpu", "--only", "nequix", "--out", str(out)],
+                         check=True, capture_output=True, text=True, timeout=600, cwd=ROOT)
+    # nequix importable but not a dependency of its benchmark (equinox, its model module): the benchmark
+    # says so and writes no rows (the GPU image of session 13). Anything else without rows fails below.
+    skipped = [line for line in run.stdout.splitlines() if line.startswith("# nequix benchmark skipped")]
+    if skipped:
+        pytest.skip(skipped[0])
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines() if line.strip()]
-    assert {r["library"] for r in rows} >= {"e3nn-jax", "jaxbatmobile", "jaxbatmobile det"} and len(rows) == 6
+    assert {r["library"] for r in rows} >= {"e3nn-jax", "jaxbatmobile", "jaxbatmobile det"} and len(rows) == 6, run.stdout
     for r in rows:
         assert r["status"] == "ok" and r["dtype"] == "float32", r
         # fp32 against fp64: not zero (the reference really is fp64), and within the tolerance

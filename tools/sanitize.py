@@ -101,7 +101,15 @@ def tp_problems():
     j1, j2, jo = e3nn.Irreps("5x0e+3x1o"), e3nn.Irreps("2x0e+1o"), e3nn.Irreps("4x0e+3x1o+2x1e")
     uvw = jb.TensorProduct(j1, j2, jo, [(a, b, c, "uvw", True) for a, (_, x) in enumerate(j1)
                                        for b, (_, y) in enumerate(j2) for c, (_, z) in enumerate(jo) if z in x * y])
-    return {"uvu": uvu, "uvw": uvw}
+    # full channelwise problems of the compiled shapes (straight-line forward, csrc/core/tp_uvu_shape.h):
+    # MACE-medium's at 40 channels (fewer than a block's threads), MACE-large's at 130 (more)
+    sh3 = "0e+1o+2e+3o"
+    shaped = {}
+    for name, x_irreps, out_irreps in (("shaped-medium", "40x0e+40x1o", "40x0e+40x1o+40x2e"),
+                                       ("shaped-large", "130x0e+130x1o+130x2e", "130x0e+130x1o+130x2e+130x3o")):
+        shaped[name] = jb.TensorProduct(x_irreps, sh3, out_irreps, jb.channelwise_instructions(x_irreps, sh3, out_irreps))
+        assert shaped[name]._tables.uvu_shape != 0, name
+    return {"uvu": uvu, "uvw": uvw, **shaped}
 
 
 def tp_cases():

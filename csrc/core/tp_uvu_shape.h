@@ -142,7 +142,7 @@ inline constexpr uint32_t kShapeL1 = 1u | 2u << 2;                       // 0e+1
 
 // Runs f(ShapeC<X, Y, O>{}) for a compiled shape code and returns its result; false for any other code.
 template <typename F>
-JBM_HD bool uvu_shape_dispatch(uint32_t code, F&& f) {
+inline bool uvu_shape_dispatch(uint32_t code, F&& f) {  // host: the CPU loop and the CUDA launcher
   switch (code) {
     case shape_code(kShapeL2, kShapeSh3, kShapeSh3): return f(ShapeC<kShapeL2, kShapeSh3, kShapeSh3>{});
     case shape_code(kShapeL1, kShapeSh3, kShapeL2): return f(ShapeC<kShapeL1, kShapeSh3, kShapeL2>{});
