@@ -112,8 +112,10 @@ def tp_problems():
     return {"uvu": uvu, "uvw": uvw, **shaped}
 
 
-def tp_cases():
+def tp_cases(names=None):
     for name, tp in tp_problems().items():
+        if names is not None and name not in names:
+            continue
         if name == "uvw":
             uvw_cases(tp)
             continue
@@ -262,6 +264,7 @@ def batmobile_cases():
 PARTS = {
     "sh": sh_cases,
     "tp": tp_cases,
+    "tp-shaped": lambda: tp_cases(("shaped-medium", "shaped-large")),  # the compiled-shape kernel alone
     "conv": lambda: (conv_cases(), force_cases("step", (jnp.float32, jnp.float64))),
     "batmobile": batmobile_cases,
 }
