@@ -235,7 +235,7 @@ def _build_tables(tp: TensorProduct, kernel: str = "auto", keep=lambda ins: True
             path_weight.append(ins.path_weight)
     dims = (tp.irreps_in1.dim, tp.irreps_in2.dim, tp.irreps_out.dim, tp.weight_numel)
     tables = _tables_from_rows(paths, cg, path_weight, dims, kernel)
-    if tables.kernel == KERNEL_UVU and len(paths) == len(tp.instructions):
+    if tables.kernel == KERNEL_UVU and len(paths) == len(tp.instructions):  # not a subset (the uvw route's rest)
         tables = dataclasses.replace(tables, uvu_shape=_uvu_shape(tp))
     return tables
 
@@ -258,7 +258,8 @@ def _uvu_shape(tp: TensorProduct) -> int:
     mul = tp.irreps_in1[0].mul
     codes = code(tp.irreps_in1, mul), code(tp.irreps_in2, 1), code(tp.irreps_out, mul)
     given = [(i.i_in1, i.i_in2, i.i_out, i.connection_mode, i.has_weight) for i in tp.instructions]
-    if None in codes or given != channelwise_instructions(tp.irreps_in1, tp.irreps_in2, tp.irreps_out):
+    if (None in codes or given != channelwise_instructions(tp.irreps_in1, tp.irreps_in2, tp.irreps_out)
+            or not all(_contributes(tp, ins) for ins in tp.instructions)):
         return 0
     x, y, out = codes
     return x | y << 8 | out << 16
