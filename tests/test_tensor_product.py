@@ -385,6 +385,58 @@ def test_uvu_shape_codes(tps):
     assert jb.TensorProduct("8x1o+8x0e", SH3, io, jb.channelwise_instructions("8x1o+8x0e", SH3, io))._tables.uvu_shape == 0
 
 
+def _shaped_problem(shape, mul):
+    if shape == "mace-large":
+        i1, io = f"{mul}x0e+{mul}x1o+{mul}x2e", f"{mul}x0e+{mul}x1o+{mul}x2e+{mul}x3o"
+    else:
+        i1, io = f"{mul}x0e+{mul}x1o", f"{mul}x0e+{mul}x1o+{mul}x2e"
+    return jb.TensorProduct(i1, SH3, io, jb.channelwise_instructions(i1, SH3, io))
+
+
+def test_compiled_shapes_listed():
+    """build_info() lists the compiled shape codes (csrc/core/tp_uvu_shape.h): MACE-large's and
+    MACE-medium's, the problems whose whole backward Python fuses into one call."""
+    codes = {_shaped_problem(s, 4)._tables.uvu_shape for s in ("mace-large", "mace-medium")}
+    assert set(jb.build_info()["uvu_shapes"]) == codes
+
+
+@pytest.mark.parametrize("mul", [1, 40, 130])
+@pytest.mark.parametrize("shape", ["mace-large", "mace-medium"])
+def test_shaped_backward_matches_e3nn(rng, shape, mul):
+    """The backward of compiled shapes in one pass (jbm_tp_yw with dx: core::uvu_shape_channel_grads) at
+    multiplicities below, between and above a block's 128 threads: the vjp in (x, y, w) and in (y, w)
+    alone against e3nn-jax's, fp64 and fp32, an empty batch, and a second derivative (through the fused
+    call's jvp) against e3nn-jax's."""
+    tp = _shaped_problem(shape, mul)
+    f = lambda x, y, w: tp(x, y, w)  # noqa: E731
+    ref = lambda x, y, w: reference.tensor_product(tp, x, y, w, False)  # noqa: E731
+    for dtype, batch in ((np.float64, 11), (np.float32, 11), (np.float64, 0)):
+        x, y, w = _inputs(rng, tp, (batch,), dtype)
+        g = rng.normal(size=(batch, tp.irreps_out.dim)).astype(dtype)
+        grads = jax.vjp(f, x, y, w)[1](g)
+        expected = jax.vjp(ref, *(jnp.asarray(a, jnp.float64) for a in (x, y, w)))[1](jnp.asarray(g, jnp.float64))
+        tol = 1e-12 if dtype == np.float64 else TOL[dtype] * 5
+        for a, b in zip(grads, expected):
+            assert a.dtype == dtype
+            assert_close(a, b, tol)
+        grads_yw = jax.vjp(lambda y, w: f(x, y, w), y, w)[1](g)  # x constant: dy and dw only
+        for a, b in zip(grads_yw, expected[1:]):
+            assert_close(a, b, tol)
+    jaxpr = str(jax.make_jaxpr(lambda x, y, w: jax.vjp(f, x, y, w)[1](g))(x, y, w))
+    assert "jbm_tensor_product_yw" in jaxpr and "with_x=True" in jaxpr
+    x, y, w = _inputs(rng, tp, (3,), np.float64)
+    g = rng.normal(size=(3, tp.irreps_out.dim))
+
+    def second(fn):  # a scalar of the first derivatives, differentiated again in x, y, w
+        def loss(x, y, w):
+            dx, dy, dw = jax.vjp(fn, x, y, w)[1](g)
+            return jnp.sum(dx ** 2) + jnp.sum(jnp.sin(dy)) + jnp.sum(dw * w)
+        return jax.grad(loss, argnums=(0, 1, 2))(x, y, w)
+
+    for a, b in zip(second(f), second(ref)):
+        assert_close(a, b, 1e-11)
+
+
 @pytest.mark.parametrize("mul", [1, 40, 130])
 @pytest.mark.parametrize("shape", ["mace-large", "mace-medium"])
 def test_shaped_kernel_matches_e3nn(rng, shape, mul):

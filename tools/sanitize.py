@@ -130,6 +130,10 @@ def tp_cases(names=None):
 
                 label = f"tp {name} {jnp.dtype(dtype).name} {'shared' if shared else 'per-row'} w: fwd/grad/grad2"
                 check(label, f, (x, y, w), dtype)
+                if name.startswith("shaped") and not shared:  # the fused backward without dx as well
+                    check(f"tp {name} {jnp.dtype(dtype).name} per-row w: grad in y, w",
+                          lambda x, y, w, tp=tp: jax.grad(lambda y, w: jnp.sum(jnp.sin(tp(x, y, w))), argnums=(0, 1))(y, w),
+                          (x, y, w), dtype)
         # empty batch
         check(f"tp {name} empty batch", lambda x, y, w, tp=tp: tp(x, y, w),
               (jnp.zeros((0, tp.irreps_in1.dim)), jnp.zeros((0, tp.irreps_in2.dim)), jnp.ones((tp.weight_numel,))),
@@ -264,7 +268,7 @@ def batmobile_cases():
 PARTS = {
     "sh": sh_cases,
     "tp": tp_cases,
-    "tp-shaped": lambda: tp_cases(("shaped-medium", "shaped-large")),  # the compiled-shape kernel alone
+    "tp-shaped": lambda: tp_cases(("shaped-medium", "shaped-large")),  # the compiled-shape kernels alone
     "conv": lambda: (conv_cases(), force_cases("step", (jnp.float32, jnp.float64))),
     "batmobile": batmobile_cases,
 }

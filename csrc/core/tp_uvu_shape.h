@@ -84,6 +84,45 @@ JBM_HD void uvu_shape_channel(const T* xu, const T* y, const T* scale, T* zu) {
   });
 }
 
+// The backward of slot z for one channel u of one row: given the output cotangent's channel dzu (laid
+// out as the blocks of O), the channel's x components xu, the row's y, the path weights pw[n] and the
+// channel's weights weight(n) = w[row, n · U + u]:
+//     dw[n]    = pw[n] · Σ C x_i y_j dz_k                     (store_dw(n, value), once per path)
+//     dy[j]   += Σ_n pw[n] w[n] Σ C x_i dz_k                   (added: the caller sums the channels)
+//     dxu[i]   = Σ_n pw[n] w[n] Σ C y_j dz_k                   (DX; set, every component written)
+// The three share one pass over each path's CG entries: g_x[i] = Σ C y_j dz_k and g_y[j] = Σ C x_i dz_k,
+// then dw = pw · x · g_x (the weight gradient is the x gradient's contraction with x).
+template <uint32_t X, uint32_t Y, uint32_t O, bool DX, typename T, typename Weight, typename StoreDw>
+JBM_HD void uvu_shape_channel_grads(const T* xu, const T* y, const T* dzu, const T* pw, Weight&& weight, T* dxu, T* dy,
+                                    StoreDw&& store_dw) {
+  using S = UvuShape<X, Y, O>;
+  if constexpr (DX)
+    for (int i = 0; i < S::kDimX; ++i) dxu[i] = T(0);
+  static_for<S::kNumPaths>([&](auto n) {
+    constexpr int N = decltype(n)::value;
+    constexpr ShapePath p = S::kPaths.path[N];
+    constexpr int D1 = 2 * p.l1 + 1, D2 = 2 * p.l2 + 1, OX = shape_offset(X, p.l1), OY = shape_offset(Y, p.l2);
+    const T* xp = xu + OX;
+    const T* yp = y + OY;
+    const T* zp = dzu + shape_offset(O, p.lo);
+    T gx[D1], gy[D2];
+    for (int i = 0; i < D1; ++i) gx[i] = T(0);
+    for (int j = 0; j < D2; ++j) gy[j] = T(0);
+    CgBlock<p.l1, p.l2, p.lo>::for_each([&](int i, int j, int k, double c) {
+      const T a = T(c) * zp[k];
+      gx[i] += a * yp[j];
+      gy[j] += a * xp[i];
+    });
+    T t = T(0);
+    for (int i = 0; i < D1; ++i) t += xp[i] * gx[i];
+    store_dw(N, pw[N] * t);
+    const T s = pw[N] * weight(N);
+    if constexpr (DX)
+      for (int i = 0; i < D1; ++i) dxu[OX + i] += s * gx[i];
+    for (int j = 0; j < D2; ++j) dy[OY + j] += s * gy[j];
+  });
+}
+
 // Channel u's components of a row laid out by LIST with multiplicity `mul` (e3nn's layout: block of
 // degree l at mul · shape_offset(l), channel u's 2l + 1 components contiguous), gathered into cu
 // (blocks in order), or (shape_scatter) cu stored back: set, or added (ADD) when rows accumulate.
@@ -140,12 +179,17 @@ inline constexpr uint32_t kShapeSh3 = 1u | 2u << 2 | 1u << 4 | 2u << 6;  // 0e+1
 inline constexpr uint32_t kShapeL2 = 1u | 2u << 2 | 1u << 4;             // 0e+1o+2e
 inline constexpr uint32_t kShapeL1 = 1u | 2u << 2;                       // 0e+1o
 
+inline constexpr uint32_t kShapeMaceLarge = shape_code(kShapeL2, kShapeSh3, kShapeSh3);
+inline constexpr uint32_t kShapeMaceMedium = shape_code(kShapeL1, kShapeSh3, kShapeL2);
+// The codes uvu_shape_dispatch serves (build_info()["uvu_shapes"]: Python fuses the backward of these).
+inline constexpr uint32_t kCompiledShapes[] = {kShapeMaceLarge, kShapeMaceMedium};
+
 // Runs f(ShapeC<X, Y, O>{}) for a compiled shape code and returns its result; false for any other code.
 template <typename F>
 inline bool uvu_shape_dispatch(uint32_t code, F&& f) {  // host: the CPU loop and the CUDA launcher
   switch (code) {
-    case shape_code(kShapeL2, kShapeSh3, kShapeSh3): return f(ShapeC<kShapeL2, kShapeSh3, kShapeSh3>{});
-    case shape_code(kShapeL1, kShapeSh3, kShapeL2): return f(ShapeC<kShapeL1, kShapeSh3, kShapeL2>{});
+    case kShapeMaceLarge: return f(ShapeC<kShapeL2, kShapeSh3, kShapeSh3>{});
+    case kShapeMaceMedium: return f(ShapeC<kShapeL1, kShapeSh3, kShapeL2>{});
     default: return false;
   }
 }

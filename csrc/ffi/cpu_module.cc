@@ -3,6 +3,7 @@
 #include <nanobind/stl/string.h>
 
 #include "core/sh.h"
+#include "core/tp_uvu_shape.h"
 #include "ffi/module_util.h"
 #include "ffi/targets.h"
 
@@ -21,6 +22,9 @@ NB_MODULE(_cpu, m) {
   m.def("build_info", []() {
     nb::dict d;
     d["sh_max_l"] = jbm::core::kShMaxL;
+    nb::list shapes;  // shape codes with compile-time kernels (csrc/core/tp_uvu_shape.h)
+    for (uint32_t code : jbm::core::kCompiledShapes) shapes.append(code);
+    d["uvu_shapes"] = shapes;
     return d;
   });
 }

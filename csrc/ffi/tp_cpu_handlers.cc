@@ -43,18 +43,19 @@ ffi::Error tp_cpu(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer c, ffi::Any
   return ffi::Error::Success();
 }
 
-// The fused y and weight gradients: on the CPU simply the two calls, one after the other.
+// The fused y and weight gradients (and x gradient): one pass over the channels for a compiled shape
+// (the GPU's formulas), else the two calls one after the other.
 ffi::Error tp_yw_cpu(ffi::AnyBuffer x, ffi::AnyBuffer y, ffi::AnyBuffer w, ffi::AnyBuffer z, ffi::AnyBuffer senders,
                      ffi::AnyBuffer receivers, ffi::AnyBuffer seg_offsets, ffi::AnyBuffer seg_edges, ffi::AnyBuffer paths,
                      ffi::AnyBuffer cg_ijk, ffi::AnyBuffer cg_c, ffi::AnyBuffer pw, ffi::Result<ffi::AnyBuffer> dy,
-                     ffi::Result<ffi::AnyBuffer> dw, int32_t shared_w, int32_t with_unweighted, int32_t dim_x,
+                     ffi::Result<ffi::AnyBuffer> dw, ffi::Result<ffi::AnyBuffer> dx, int32_t shared_w, int32_t with_unweighted, int32_t dim_x,
                      int32_t dim_y, int32_t dim_z, int32_t num_w, int64_t num_items, int32_t kernel, int32_t zero_fill,
                      int64_t num_nodes, int32_t sh_lmax, int32_t sh_normalize, int32_t sh_normalization,
                      int32_t yc_width) {
   TpBuffers bufs_y, bufs_w;
   core::TpCall call_y, call_w;
   ffi::Error error = check_tp_yw(x, y, w, z, senders, receivers, seg_offsets, seg_edges, paths, cg_ijk, cg_c, pw, *dy,
-                                 *dw, shared_w, with_unweighted, dim_x, dim_y, dim_z, num_w, num_items, kernel,
+                                 *dw, *dx, shared_w, with_unweighted, dim_x, dim_y, dim_z, num_w, num_items, kernel,
                                  zero_fill, num_nodes, sh_lmax, sh_normalize, sh_normalization, yc_width, &bufs_y,
                                  &call_y, &bufs_w, &call_w);
   if (error.failure()) return error;
@@ -63,7 +64,19 @@ ffi::Error tp_yw_cpu(ffi::AnyBuffer x, ffi::AnyBuffer y, ffi::AnyBuffer w, ffi::
                                     static_cast<const int32_t*>(cg_ijk.untyped_data()),
                                     static_cast<int64_t>(cg_c.element_count()));
   if (table.failure()) return table;
-  if (x.element_type() == ffi::DataType::F32) {
+  auto fused = [&](auto zero) {
+    using T = decltype(zero);
+    auto data = [](const ffi::AnyBuffer& b) { return static_cast<const T*>(b.untyped_data()); };
+    return cpu::tp_grads_uvu_shape<T>(call_y, static_cast<const core::TpPath*>(paths.untyped_data()), data(pw),
+                                      data(x), data(y), data(w), data(z),
+                                      dx->element_count() ? static_cast<T*>(dx->untyped_data()) : nullptr,
+                                      static_cast<T*>(dy->untyped_data()), static_cast<T*>(dw->untyped_data()));
+  };
+  const bool f32 = x.element_type() == ffi::DataType::F32;
+  if (f32 ? fused(float{}) : fused(double{})) return ffi::Error::Success();
+  if (dx->element_count() != 0)
+    return ffi_util::invalid("dx of ", kTpYwOp, " needs the call to fit its compiled shape");
+  if (f32) {
     run<float>(call_y, bufs_y, paths, cg_ijk, cg_c, pw, *dy);
     run<float>(call_w, bufs_w, paths, cg_ijk, cg_c, pw, *dw);
   } else {

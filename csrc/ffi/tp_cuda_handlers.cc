@@ -40,18 +40,19 @@ ffi::Error tp_cuda(cudaStream_t stream, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi:
   return ffi::Error::Success();
 }
 
-// The fused y and weight gradients (one pass on the channelwise kernel, csrc/cuda/tp_kernels.cu).
+// The fused y and weight gradients (one pass on the channelwise kernel, csrc/cuda/tp_kernels.cu), and
+// for plain products of a compiled shape the x gradient in the same pass.
 ffi::Error tp_yw_cuda(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer y, ffi::AnyBuffer w, ffi::AnyBuffer z,
                       ffi::AnyBuffer senders, ffi::AnyBuffer receivers, ffi::AnyBuffer seg_offsets,
                       ffi::AnyBuffer seg_edges, ffi::AnyBuffer paths, ffi::AnyBuffer cg_ijk, ffi::AnyBuffer cg_c,
                       ffi::AnyBuffer pw, ffi::Result<ffi::AnyBuffer> dy, ffi::Result<ffi::AnyBuffer> dw,
-                      int32_t shared_w, int32_t with_unweighted, int32_t dim_x, int32_t dim_y, int32_t dim_z,
+                      ffi::Result<ffi::AnyBuffer> dx, int32_t shared_w, int32_t with_unweighted, int32_t dim_x, int32_t dim_y, int32_t dim_z,
                       int32_t num_w, int64_t num_items, int32_t kernel, int32_t zero_fill, int64_t num_nodes,
                       int32_t sh_lmax, int32_t sh_normalize, int32_t sh_normalization, int32_t yc_width) {
   TpBuffers bufs_y, bufs_w;
   core::TpCall call_y, call_w;
   ffi::Error error = check_tp_yw(x, y, w, z, senders, receivers, seg_offsets, seg_edges, paths, cg_ijk, cg_c, pw, *dy,
-                                 *dw, shared_w, with_unweighted, dim_x, dim_y, dim_z, num_w, num_items, kernel,
+                                 *dw, *dx, shared_w, with_unweighted, dim_x, dim_y, dim_z, num_w, num_items, kernel,
                                  zero_fill, num_nodes, sh_lmax, sh_normalize, sh_normalization, yc_width, &bufs_y,
                                  &call_y, &bufs_w, &call_w);
   if (error.failure()) return error;
@@ -61,7 +62,8 @@ ffi::Error tp_yw_cuda(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer y, f
     return cuda::launch_tp_yw<T>(stream, call_y, call_w, static_cast<const core::TpPath*>(paths.untyped_data()),
                                  static_cast<const int32_t*>(cg_ijk.untyped_data()), data(cg_c), data(pw), data(x),
                                  data(y), data(w), data(z), static_cast<T*>(dy->untyped_data()),
-                                 static_cast<T*>(dw->untyped_data()));
+                                 static_cast<T*>(dw->untyped_data()),
+                                 dx->element_count() ? static_cast<T*>(dx->untyped_data()) : nullptr);
   };
   const cudaError_t err = x.element_type() == ffi::DataType::F32 ? launch(float{}) : launch(double{});
   if (err != cudaSuccess)

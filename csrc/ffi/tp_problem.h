@@ -204,7 +204,9 @@ inline xla::ffi::Error check_tp_paths(const core::TpCall& c, const core::TpPath*
 // The fused y and weight gradients (target jbm_tp_yw): operands x, y, w, z, results dy and dw (per-row
 // weights), validated as the two calls they replace: slot y from (x, w, z) and slot w from (x, y, z).
 // y may be edge vectors (sh_lmax >= 0): only the weight gradient reads it; dy is the gradient with
-// respect to y's values (the spherical harmonics).
+// respect to y's values (the spherical harmonics). A third result dx, empty when not asked for, is the
+// x gradient of a plain product of a compiled shape (csrc/core/tp_uvu_shape.h), the whole backward of
+// slot z in one pass; Python asks for it only then (tensor_product.py, _xyw_fusable).
 inline constexpr const char* kTpYwOp = "jbm_tp_yw";
 
 inline xla::ffi::Error check_tp_yw(const xla::ffi::AnyBuffer& x, const xla::ffi::AnyBuffer& y,
@@ -213,7 +215,8 @@ inline xla::ffi::Error check_tp_yw(const xla::ffi::AnyBuffer& x, const xla::ffi:
                                    const xla::ffi::AnyBuffer& seg_offsets, const xla::ffi::AnyBuffer& seg_edges,
                                    const xla::ffi::AnyBuffer& paths, const xla::ffi::AnyBuffer& cg_ijk,
                                    const xla::ffi::AnyBuffer& cg_c, const xla::ffi::AnyBuffer& path_weight,
-                                   const xla::ffi::AnyBuffer& dy, const xla::ffi::AnyBuffer& dw, int32_t shared_w,
+                                   const xla::ffi::AnyBuffer& dy, const xla::ffi::AnyBuffer& dw,
+                                   const xla::ffi::AnyBuffer& dx, int32_t shared_w,
                                    int32_t with_unweighted, int32_t dim_x, int32_t dim_y, int32_t dim_z, int32_t num_w,
                                    int64_t num_items, int32_t kernel, int32_t zero_fill, int64_t num_nodes,
                                    int32_t sh_lmax, int32_t sh_normalize, int32_t sh_normalization, int32_t yc_width,
@@ -227,9 +230,16 @@ inline xla::ffi::Error check_tp_yw(const xla::ffi::AnyBuffer& x, const xla::ffi:
                                    dim_x, dim_y, dim_z, num_w, num_items, kernel, zero_fill, num_nodes, -1, 0, 0,
                                    yc_width, bufs_y, call_y);
   if (error.failure()) return error;
-  return check_tp(x, y, z, senders, receivers, seg_offsets, seg_edges, seg_offsets, nullptr, paths, cg_ijk, cg_c, path_weight, dw,
-                  static_cast<int32_t>(core::TpSlot::kW), shared_w, 0, dim_x, dim_y, dim_z, num_w, num_items, kernel,
-                  zero_fill, num_nodes, sh_lmax, sh_normalize, sh_normalization, yc_width, bufs_w, call_w);
+  error = check_tp(x, y, z, senders, receivers, seg_offsets, seg_edges, seg_offsets, nullptr, paths, cg_ijk, cg_c,
+                   path_weight, dw, static_cast<int32_t>(core::TpSlot::kW), shared_w, 0, dim_x, dim_y, dim_z, num_w,
+                   num_items, kernel, zero_fill, num_nodes, sh_lmax, sh_normalize, sh_normalization, yc_width, bufs_w,
+                   call_w);
+  if (error.failure() || dx.element_count() == 0) return error;
+  if (num_nodes >= 0 || sh_lmax >= 0 || call_y->uvu_shape == 0)
+    return ffi_util::invalid("dx of ", kTpYwOp, " is computed for plain products of a compiled shape only");
+  if (dx.element_type() != x.element_type() || static_cast<int64_t>(dx.element_count()) != call_y->rows * dim_x)
+    return ffi_util::invalid("dx (output) of ", kTpYwOp, " must have x's dtype and shape, or be empty");
+  return error;
 }
 
 }  // namespace jbm
@@ -249,9 +259,9 @@ inline xla::ffi::Error check_tp_yw(const xla::ffi::AnyBuffer& x, const xla::ffi:
       .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()      \
       .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Attr<int32_t>("slot") JBM_TP_ATTRS
 
-// jbm_tp_yw: x, y, w, z, then as jbm_tp; results dy and dw.
+// jbm_tp_yw: x, y, w, z, then as jbm_tp; results dy, dw and dx (empty when not asked for).
 #define JBM_TP_YW_BIND                                                                             \
   .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()         \
       .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()      \
       .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()      \
-      .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>() JBM_TP_ATTRS
+      .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>() JBM_TP_ATTRS

@@ -643,6 +643,18 @@ def _yw_fusable(params, undefined_targets):
             and params["tables"].kernel == KERNEL_UVU)
 
 
+# Shape codes with compile-time kernels (csrc/core/tp_uvu_shape.h, kCompiledShapes).
+_COMPILED_UVU_SHAPES = frozenset(ffi.build_info()["uvu_shapes"])
+
+
+def _xyw_fusable(params, undefined_targets):
+    """Whether the x gradient joins the fused y and weight gradients: the whole backward of a plain
+    product (slot z) of a compiled shape, one pass over x, the cotangent and the weights."""
+    return (_yw_fusable(params, undefined_targets) and SLOT_X in undefined_targets and params["slot"] == SLOT_Z
+            and params["num_nodes"] is None and params["sh"] is None
+            and params["tables"].uvu_shape in _COMPILED_UVU_SHAPES)
+
+
 def _lin_transpose(ct, *args, which, **params):
     ops, ts, graph = _lin_split(args, which)
     if any(ad.is_undefined_primal(a) for a in ops + graph):
@@ -655,12 +667,15 @@ def _lin_transpose(ct, *args, which, **params):
         return [None] * 3 + cts + [None] * len(graph)
     by_slot = dict(zip(slots, ops))
     if _yw_fusable(params, undefined):
+        with_x = _xyw_fusable(params, undefined)
         x = ct if params["slot"] == SLOT_X else by_slot[SLOT_X]
         z = ct if params["slot"] == SLOT_Z else by_slot[SLOT_Z]
-        dy, dw = tp_yw_p.bind(x, by_slot[SLOT_Y], by_slot[SLOT_W], z, *graph, tables=params["tables"],
-                              unweighted=params["unweighted"], num_nodes=params["num_nodes"],
-                              deterministic=params["deterministic"], sh=params["sh"])
-        cts[undefined.pop(SLOT_Y)], cts[undefined.pop(SLOT_W)] = dy, dw
+        grads = tp_yw_p.bind(x, by_slot[SLOT_Y], by_slot[SLOT_W], z, *graph, tables=params["tables"],
+                             unweighted=params["unweighted"], num_nodes=params["num_nodes"],
+                             deterministic=params["deterministic"], sh=params["sh"], with_x=with_x)
+        cts[undefined.pop(SLOT_Y)], cts[undefined.pop(SLOT_W)] = grads[:2]
+        if with_x:
+            cts[undefined.pop(SLOT_X)] = grads[2]
     for target, i in undefined.items():
         term_params = _term_params(params, target)
         cts[i] = _transpose_term(ct, by_slot, target, graph, term_params)
@@ -686,20 +701,23 @@ batching.primitive_batchers[tp_lin_p] = _lin_batch
 # Operands x, y, w, z (the output slot's cotangent in x's or z's place), then the graph; results
 # (dy, dw) = (slot-y call on x, w, z; slot-w call on x, y, z), per-row weights. y may be edge vectors
 # (sh): only dw reads it, and dy is the gradient with respect to the spherical harmonics' values.
+# with_x (plain products of a compiled shape, z holding the cotangent: _xyw_fusable): also dx, the
+# slot-x call on y, w, z — the whole backward in one pass.
 
 tp_yw_p = Primitive("jbm_tensor_product_yw")
 tp_yw_p.multiple_results = True
 
 
-_YW_OPERANDS = ((0, 2, 3), (0, 1, 3))  # operands of the y and w calls among (x, y, w, z)
+_YW_OPERANDS = ((0, 2, 3), (0, 1, 3), (1, 2, 3))  # operands of the y, w and x calls among (x, y, w, z)
 
 
-def _yw_calls(x, y, w, z, *graph, tables, unweighted, num_nodes, deterministic, sh):
-    """The two calls tp_yw_p fuses: (operand positions among (x, y, w, z), operands, params) each."""
+def _yw_calls(x, y, w, z, *graph, tables, unweighted, num_nodes, deterministic, sh, with_x):
+    """The calls tp_yw_p fuses: (operand positions among (x, y, w, z), operands, params) each."""
     base = dict(tables=tables, shared=False, num_nodes=num_nodes, deterministic=deterministic)
-    params = (dict(base, slot=SLOT_Y, unweighted=unweighted, sh=None), dict(base, slot=SLOT_W, unweighted=False, sh=sh))
+    params = (dict(base, slot=SLOT_Y, unweighted=unweighted, sh=None), dict(base, slot=SLOT_W, unweighted=False, sh=sh),
+              dict(base, slot=SLOT_X, unweighted=unweighted, sh=sh))
     args = (x, y, w, z)
-    return [(pos, tuple(args[i] for i in pos), p) for pos, p in zip(_YW_OPERANDS, params)]
+    return [(pos, tuple(args[i] for i in pos), p) for pos, p in zip(_YW_OPERANDS[:3 if with_x else 2], params)]
 
 
 def _yw_split(*args, **params):
@@ -707,10 +725,11 @@ def _yw_split(*args, **params):
     return [_prim(params["num_nodes"]).bind(*ops, *graph, **p) for _, ops, p in _yw_calls(*args, **params)]
 
 
-def _yw_abstract(x, y, w, z, *graph, tables, num_nodes, **params):
+def _yw_abstract(x, y, w, z, *graph, tables, num_nodes, with_x, **params):
     rows = graph[0].shape if graph else x.shape[:-1]
-    dim_y, num_w = tables.dims[1], tables.dims[3]
-    return [jax.core.ShapedArray(rows + (dim_y,), x.dtype), jax.core.ShapedArray(rows + (num_w,), x.dtype)]
+    dim_x, dim_y, num_w = tables.dims[0], tables.dims[1], tables.dims[3]
+    widths = (dim_y, num_w, dim_x) if with_x else (dim_y, num_w)
+    return [jax.core.ShapedArray(rows + (width,), x.dtype) for width in widths]
 
 
 def _yw_jvp(primals, tangents, **params):
@@ -737,10 +756,10 @@ def _yw_transpose(cts, *args, **params):
 
 def _yw_batch(args, dims, **params):
     f = lambda *a: _yw_split(*a, **params)  # noqa: E731
-    return jax.vmap(f, in_axes=tuple(dims))(*args), [0, 0]
+    return jax.vmap(f, in_axes=tuple(dims))(*args), [0] * (3 if params["with_x"] else 2)
 
 
-def _yw_lowering(ctx, x, y, w, z, *graph, tables, unweighted, num_nodes, deterministic, sh):
+def _yw_lowering(ctx, x, y, w, z, *graph, tables, unweighted, num_nodes, deterministic, sh, with_x):
     dtype = ctx.avals_in[0].dtype
     consts, attrs = _tables_and_attrs(tables, False, dtype, shared=False, unweighted=unweighted,
                                       num_nodes=num_nodes, sh=sh)
@@ -749,7 +768,10 @@ def _yw_lowering(ctx, x, y, w, z, *graph, tables, unweighted, num_nodes, determi
         empty = jnp.zeros((0,), jnp.int32)
         senders, receivers = graph if graph else (empty, empty)
         outs = [jax.ShapeDtypeStruct(aval.shape, dtype) for aval in ctx.avals_out]
-        return list(jax.ffi.ffi_call("jbm_tp_yw", outs)(x, y, w, z, senders, receivers, empty, empty, *consts, **attrs))
+        if not with_x:  # the handler's dx result, empty: not asked for
+            outs.append(jax.ShapeDtypeStruct((0,), dtype))
+        results = jax.ffi.ffi_call("jbm_tp_yw", outs)(x, y, w, z, senders, receivers, empty, empty, *consts, **attrs)
+        return list(results[:len(ctx.avals_out)])
 
     return mlir.lower_fun(body, multiple_results=True)(ctx, x, y, w, z, *graph)
 
