@@ -286,10 +286,53 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_kernel(TpCall c, const TpPath
 
 // ---- full channelwise problems fixed at compile time (core/tp_uvu_shape.h) -------------------------
 //
-// The forward (slot z) and the whole backward of plain products of a compiled shape; a block per row,
-// a thread per channel. First the pieces they share: a warp sum for the backward's y gradient and the
-// double-buffered staging of rows in shared memory.
+// Slot z of a plain product: a block per row (grid-stride), a thread per channel. The channel's x
+// components, the row's y and the path scales are loaded into registers up front (independent loads),
+// then every path runs as straight-line code from the compile-time list, accumulating all output
+// blocks of the channel in registers, stored once. No path table in the loop, no runtime dispatch:
+// the table-driven kernel above spent ~8k warp instructions per MACE-large row, 22% of them FP32
+// (ncu, session 12).
+//
+// fp32 is compiled for 8 blocks per SM (at most 64 registers, no spills). H100, MACE-large B = 50k,
+// forward (session 13): 0.492 ms uncapped (96 registers, 5 blocks per SM, ncu: DRAM 67%, 3.4k warp
+// instructions per row); capped in one build at 1 / 6 / 8 blocks (124 / 80 / 64 registers) 0.588 /
+// 0.473 / 0.438 ms: the loads are issued up front, so more resident warps keep more bytes in flight.
+template <typename T>
+constexpr int kShapedMinBlocks = sizeof(T) == 4 ? 8 : 1;
 
+template <uint32_t X, uint32_t Y, uint32_t O, typename T>
+__global__ void __launch_bounds__(kThreads, kShapedMinBlocks<T>)
+    tp_uvu_shaped_kernel(TpCall c, const TpPath* __restrict__ paths_g, const T* __restrict__ pw_g,
+                         const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w, T* __restrict__ out) {
+  using S = core::UvuShape<X, Y, O>;
+  __shared__ T pw[S::kNumPaths];
+  const int32_t mul = static_cast<int32_t>(c.dim_x / S::kDimX);
+  if (threadIdx.x == 0) core::shape_path_weights<S::kNumPaths>(paths_g, pw_g, c.num_paths, mul, pw);  // Python-checked table
+  __syncthreads();
+  const int64_t w_stride = c.shared_w ? 0 : c.num_w;
+  for (int64_t r = blockIdx.x; r < c.rows; r += gridDim.x) {
+    T yv[S::kDimY];
+    for (int j = 0; j < S::kDimY; ++j) yv[j] = y[r * c.dim_y + j];
+    for (int32_t u = threadIdx.x; u < mul; u += blockDim.x) {
+      T xu[S::kDimX], scale[S::kNumPaths], zu[S::kDimO];
+      core::shape_gather<X>(x + r * c.dim_x, mul, u, xu);
+      for (int n = 0; n < S::kNumPaths; ++n) scale[n] = pw[n] * w[r * w_stride + int64_t(n) * mul + u];
+      core::uvu_shape_channel<X, Y, O>(xu, yv, scale, zu);
+      core::shape_scatter<O, false>(zu, mul, u, out + r * c.dim_z);
+    }
+  }
+}
+
+// The backward of slot z of a plain product with per-row weights, one pass (core::uvu_shape_channel_grads):
+// dy, dw and (DX) dx of a row from x, y, w and the output cotangent dz. A block per row, a thread per
+// channel as in the forward: the channel's x and dz in registers, each path's weight read and its weight
+// gradient stored when the path comes (coalesced over the channels), dx stored once. dy sums over the
+// channels: each thread keeps its partial dy (16 values for l ≤ 3) and the block reduces them at the end
+// of the row (warp_sum_pairs, then one shared-memory row per warp).
+//
+// Bytes per MACE-large row (U = 128, 25 paths, fp32): reads x 4.6 kB, dz 8.2 kB, w 12.8 kB; writes
+// dx 4.6 kB, dw 12.8 kB: 43 kB, 0.64 ms for B = 50k at 3.35 TB/s — against 1.81 ms for the separate x,
+// y and w kernels (session 13).
 constexpr int kGradsMaxDimY = 16;  // y of degrees ≤ kCgMaxL = 3
 
 // The sums over a warp's lanes of 16 values per lane, by halving: after the step of offset 2^s a lane keeps
@@ -315,127 +358,9 @@ __device__ T warp_sum_pairs(T (&v)[kGradsMaxDimY]) {
   return v[0] + __shfl_xor_sync(0xffffffffu, v[0], 1);
 }
 
-// Asynchronous copies global → shared (sm_80+ cp.async): issued by the block, completed per thread by
-// cp_async_wait<N> (all but the N most recent groups), made visible to the block by a sync after it.
-__device__ inline void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-template <int N>
-__device__ inline void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N)); }
-// count elements from src to dst: 16-byte copies when both ends and the length allow, else one element each.
-template <typename T>
-__device__ void copy_async(T* dst, const T* src, int64_t count) {
-  const uint32_t d = static_cast<uint32_t>(__cvta_generic_to_shared(dst));
-  if ((reinterpret_cast<uintptr_t>(src) | d | count * sizeof(T)) % 16 == 0) {
-    for (int64_t k = threadIdx.x; k < count * int64_t(sizeof(T)) / 16; k += blockDim.x)
-      asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(d + uint32_t(16 * k)), "l"(
-                       reinterpret_cast<const char*>(src) + 16 * k));
-  } else {
-    for (int64_t k = threadIdx.x; k < count; k += blockDim.x)
-      asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(d + uint32_t(sizeof(T) * k)), "l"(src + k),
-                   "n"(sizeof(T)));
-  }
-}
-
-// The rows of N operands staged in shared memory, double-buffered: buffer b of a block is
-// smem + b * elems(); operand k of a row at offset off[k] (rounded up to 16 bytes).
-template <typename T, int N>
-struct RowStage {
-  const T* src[N];
-  int64_t width[N];
-  int64_t off[N + 1];  // off[N]: elements of one buffer
-  __host__ __device__ RowStage(const T* const (&s)[N], const int64_t (&widths)[N]) {
-    constexpr int64_t kAlign = 16 / sizeof(T);
-    off[0] = 0;
-    for (int k = 0; k < N; ++k) {
-      src[k] = s[k];
-      width[k] = widths[k];
-      off[k + 1] = off[k] + (widths[k] + kAlign - 1) / kAlign * kAlign;
-    }
-  }
-  __host__ __device__ size_t bytes() const { return 2 * off[N] * sizeof(T); }
-  // Starts the copies of row r (nothing past the last row) into buf; always commits one group.
-  __device__ void copy(int64_t r, int64_t rows, T* buf) const {
-    if (r < rows)
-      for (int k = 0; k < N; ++k) copy_async(buf + off[k], src[k] + r * width[k], width[k]);
-    cp_async_commit();
-  }
-};
-
-// Slot z of a plain product: a block per row (grid-stride), a thread per channel. The channel's x
-// components, the row's y and the path scales are loaded into registers up front (independent loads),
-// then every path runs as straight-line code from the compile-time list, accumulating all output
-// blocks of the channel in registers, stored once. No path table in the loop, no runtime dispatch:
-// the table-driven kernel above spent ~8k warp instructions per MACE-large row, 22% of them FP32
-// (ncu, session 12).
-//
-// fp32 is compiled for 8 blocks per SM (at most 64 registers, no spills). H100, MACE-large B = 50k,
-// forward (session 13): 0.492 ms uncapped (96 registers, 5 blocks per SM, ncu: DRAM 67%, 3.4k warp
-// instructions per row); capped in one build at 1 / 6 / 8 blocks (124 / 80 / 64 registers) 0.588 /
-// 0.473 / 0.438 ms: the loads are issued up front, so more resident warps keep more bytes in flight.
-template <typename T>
-constexpr int kShapedMinBlocks = sizeof(T) == 4 ? 8 : 1;
-
-// EXPERIMENT (session 14): STAGED stages x, w and y of the next row in shared memory (RowStage, as the
-// backward below) instead of loading the channel's values into registers at the row's start.
-template <uint32_t X, uint32_t Y, uint32_t O, bool STAGED, typename T>
-__global__ void __launch_bounds__(kThreads, kShapedMinBlocks<T>)
-    tp_uvu_shaped_kernel(TpCall c, const TpPath* __restrict__ paths_g, const T* __restrict__ pw_g,
-                         const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w, T* __restrict__ out) {
-  using S = core::UvuShape<X, Y, O>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  __shared__ T pw[S::kNumPaths];
-  const RowStage<T, 3> rows_in({x, w, y}, {c.dim_x, c.shared_w ? 0 : c.num_w, c.dim_y});
-  T* const stage[2] = {reinterpret_cast<T*>(smem_raw), reinterpret_cast<T*>(smem_raw) + rows_in.off[3]};
-  const int32_t mul = static_cast<int32_t>(c.dim_x / S::kDimX);
-  if (threadIdx.x == 0) core::shape_path_weights<S::kNumPaths>(paths_g, pw_g, c.num_paths, mul, pw);  // Python-checked table
-  if constexpr (STAGED) rows_in.copy(blockIdx.x, c.rows, stage[0]);
-  __syncthreads();
-  const int64_t w_stride = c.shared_w ? 0 : c.num_w;
-  int parity = 0;
-  for (int64_t r = blockIdx.x; r < c.rows; r += gridDim.x, parity ^= 1) {
-    const T *xr = x + r * c.dim_x, *wr = w + r * w_stride, *yr = y + r * c.dim_y;
-    if constexpr (STAGED) {
-      __syncthreads();  // the other buffer's last reads (previous row) are done
-      rows_in.copy(r + gridDim.x, c.rows, stage[parity ^ 1]);
-      cp_async_wait<1>();
-      __syncthreads();
-      const T* b = stage[parity];
-      xr = b, yr = b + rows_in.off[2];
-      if (!c.shared_w) wr = b + rows_in.off[1];
-    }
-    T yv[S::kDimY];
-    for (int j = 0; j < S::kDimY; ++j) yv[j] = yr[j];
-    for (int32_t u = threadIdx.x; u < mul; u += blockDim.x) {
-      T xu[S::kDimX], scale[S::kNumPaths], zu[S::kDimO];
-      core::shape_gather<X>(xr, mul, u, xu);
-      for (int n = 0; n < S::kNumPaths; ++n) scale[n] = pw[n] * wr[int64_t(n) * mul + u];
-      core::uvu_shape_channel<X, Y, O>(xu, yv, scale, zu);
-      core::shape_scatter<O, false>(zu, mul, u, out + r * c.dim_z);
-    }
-  }
-  if constexpr (STAGED) cp_async_wait<0>();
-}
-
-// The backward of slot z of a plain product with per-row weights, one pass (core::uvu_shape_channel_grads):
-// dy, dw and (DX) dx of a row from x, y, w and the output cotangent dz. A block per row, a thread per
-// channel as in the forward, each path's weight gradient stored when the path comes (coalesced over the
-// channels), dx stored once. dy sums over the channels: each thread keeps its partial dy (16 values for
-// l ≤ 3) and the block reduces them at the end of the row (warp_sum_pairs, then one shared-memory row
-// per warp).
-//
-// Bytes per MACE-large row (U = 128, 17 paths, fp32): reads x 4.6 kB, dz 8.2 kB, w 8.7 kB; writes
-// dx 4.6 kB, dw 8.7 kB: 35 kB, 0.52 ms for B = 50k at 3.35 TB/s — against 1.81 ms for the separate x,
-// y and w kernels (session 13). ~940 instructions per channel (215 CG entries, 3 each, plus the per-path
-// sums): 0.2 ms of issue, so the kernel is bound by how many bytes it keeps in flight. With the loads
-// in registers (loaded at the row's start) it reached 61% of the bandwidth (0.86 ms; 128 registers, 4
-// blocks per SM, session 14); STAGED instead copies the next row's x, dz, w and y into shared memory
-// (cp.async, double-buffered) while the block computes the current one from the other buffer.
-// The backward's staged operands: x, dz, w, y.
-template <typename T>
-__host__ __device__ RowStage<T, 4> grads_stage(const TpCall& c, const T* x, const T* y, const T* w, const T* dz) {
-  return RowStage<T, 4>({x, dz, w, y}, {c.dim_x, c.dim_z, c.num_w, c.dim_y});
-}
-
-template <uint32_t X, uint32_t Y, uint32_t O, bool DX, bool STAGED, typename T, int MIN_BLOCKS>
+// EXPERIMENT (session 14): fp32 blocks per SM as a template parameter, picked at launch by the
+// environment variable JBM_GRADS_MIN_BLOCKS (1, 4, 6 or 8); fp64 takes 1.
+template <uint32_t X, uint32_t Y, uint32_t O, bool DX, typename T, int MIN_BLOCKS = 1>
 __global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
     tp_uvu_shaped_grads_kernel(TpCall c, const TpPath* __restrict__ paths_g, const T* __restrict__ pw_g,
                                const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
@@ -443,35 +368,23 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
   using S = core::UvuShape<X, Y, O>;
   static_assert(S::kDimY <= kGradsMaxDimY, "y of degrees above 3");
   constexpr int kWarps = kThreads / 32;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
   __shared__ T pw[S::kNumPaths];
   __shared__ T dy_warps[2][kWarps][S::kDimY];  // two rows' worth: one sync per row (see below)
-  const RowStage<T, 4> rows_in = grads_stage(c, x, y, w, dz);
-  T* const stage[2] = {reinterpret_cast<T*>(smem_raw), reinterpret_cast<T*>(smem_raw) + rows_in.off[4]};
   const int32_t mul = static_cast<int32_t>(c.dim_x / S::kDimX);
   if (threadIdx.x == 0) core::shape_path_weights<S::kNumPaths>(paths_g, pw_g, c.num_paths, mul, pw);  // Python-checked table
-  if constexpr (STAGED) rows_in.copy(blockIdx.x, c.rows, stage[0]);
   __syncthreads();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   int parity = 0;
   for (int64_t r = blockIdx.x; r < c.rows; r += gridDim.x, parity ^= 1) {
-    const T *xr = x + r * c.dim_x, *dzr = dz + r * c.dim_z, *wr = w + r * c.num_w, *yr = y + r * c.dim_y;
-    if constexpr (STAGED) {
-      // The other buffer was last read in the previous row, before its closing sync.
-      rows_in.copy(r + gridDim.x, c.rows, stage[parity ^ 1]);
-      cp_async_wait<1>();
-      __syncthreads();
-      const T* b = stage[parity];
-      xr = b, dzr = b + rows_in.off[1], wr = b + rows_in.off[2], yr = b + rows_in.off[3];
-    }
     T yv[S::kDimY], dyv[kGradsMaxDimY];
-    for (int j = 0; j < S::kDimY; ++j) yv[j] = yr[j];
+    for (int j = 0; j < S::kDimY; ++j) yv[j] = y[r * c.dim_y + j];
     for (int j = 0; j < kGradsMaxDimY; ++j) dyv[j] = T(0);
+    const T* wr = w + r * c.num_w;
     T* dwr = dw + r * c.num_w;
     for (int32_t u = threadIdx.x; u < mul; u += blockDim.x) {
       T xu[S::kDimX], dzu[S::kDimO], dxu[S::kDimX];
-      core::shape_gather<X>(xr, mul, u, xu);
-      core::shape_gather<O>(dzr, mul, u, dzu);
+      core::shape_gather<X>(x + r * c.dim_x, mul, u, xu);
+      core::shape_gather<O>(dz + r * c.dim_z, mul, u, dzu);
       core::uvu_shape_channel_grads<X, Y, O, DX>(
           xu, yv, dzu, pw, [&](int n) { return wr[int64_t(n) * mul + u]; }, dxu, dyv,
           [&](int n, T v) { dwr[int64_t(n) * mul + u] = v; });
@@ -489,7 +402,6 @@ __global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
       dy[r * c.dim_y + threadIdx.x] = total;
     }
   }
-  if constexpr (STAGED) cp_async_wait<0>();  // no copy outlives the block
 }
 
 // ---- deterministic scatter (segmented) -------------------------------------------------------------
@@ -1163,17 +1075,7 @@ bool launch_uvu_shaped(cudaStream_t stream, const TpCall& c, const TpPath* paths
     const int64_t mul = c.dim_x / core::UvuShape<S::X, S::Y, S::O>::kDimX;
     if (mul > (int64_t(1) << 30) || !core::shape_fits<S::X, S::Y, S::O>(c, static_cast<int32_t>(mul))) return false;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(c.rows, int64_t(1) << 20));
-    // EXPERIMENT (session 14): JBM_FWD_VARIANT=st stages the rows in shared memory.
-    static const bool try_staged = std::getenv("JBM_FWD_VARIANT") && std::getenv("JBM_FWD_VARIANT")[0] == 's';
-    const size_t smem = RowStage<T, 3>({ops[0], ops[2], ops[1]}, {c.dim_x, c.shared_w ? 0 : c.num_w, c.dim_y}).bytes();
-    const bool staged = try_staged && smem + 1024 <= smem_optin_limit();
-    auto kernel = staged ? tp_uvu_shaped_kernel<S::X, S::Y, S::O, true, T> : tp_uvu_shaped_kernel<S::X, S::Y, S::O, false, T>;
-    const size_t dyn = staged ? smem : 0;
-    if (dyn > 48 * 1024) {
-      *err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn));
-      if (*err != cudaSuccess) return true;
-    }
-    kernel<<<blocks, kThreads, dyn, stream>>>(c, paths, pw, ops[0], ops[1], ops[2], out);
+    tp_uvu_shaped_kernel<S::X, S::Y, S::O, T><<<blocks, kThreads, 0, stream>>>(c, paths, pw, ops[0], ops[1], ops[2], out);
     *err = cudaGetLastError();
     return true;
   });
@@ -1181,7 +1083,6 @@ bool launch_uvu_shaped(cudaStream_t stream, const TpCall& c, const TpPath* paths
 
 // The fused backward of a plain product of a compiled shape (tp_uvu_shaped_grads_kernel): dy, dw and,
 // if dx is non-null, dx; false when the call is not one (the caller runs the separate kernels).
-// Staged through shared memory when two rows fit the block's opt-in limit, else from registers.
 template <typename T>
 bool launch_uvu_shaped_grads(cudaStream_t stream, const TpCall& cy, const TpPath* paths, const T* pw, const T* x,
                              const T* y, const T* w, const T* z, T* dx, T* dy, T* dw, cudaError_t* err) {
@@ -1193,32 +1094,25 @@ bool launch_uvu_shaped_grads(cudaStream_t stream, const TpCall& cy, const TpPath
     *err = cudaSuccess;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(cy.rows, int64_t(1) << 20));
     if (blocks == 0) return true;
-    const size_t smem = grads_stage(cy, x, y, w, z).bytes();
-    // EXPERIMENT (session 14): JBM_GRADS_VARIANT = reg4 (registers, 4 blocks/SM), st4, st5 (staged, 4 or
-    // 5 blocks/SM) for fp32; fp64 is staged at 1.
-    static const int variant = [] {
-      const char* v = std::getenv("JBM_GRADS_VARIANT");
-      return !v ? 4 : v[0] == 'r' ? 0 : std::atoi(v + 2);
-    }();
-    const bool staged = smem + 1024 <= smem_optin_limit() && (sizeof(T) == 8 || variant != 0);  // + static
     auto pick = [&](auto dx_c) {
       constexpr bool kDx = decltype(dx_c)::value != 0;
       if constexpr (sizeof(T) == 4) {
-        if (!staged) return tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, kDx, false, T, 4>;
-        return variant == 5 ? tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, kDx, true, T, 5>
-                            : tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, kDx, true, T, 4>;
+        static const int minb = [] {
+          const char* v = std::getenv("JBM_GRADS_MIN_BLOCKS");
+          return v ? std::atoi(v) : 1;
+        }();
+        switch (minb) {
+          case 4: return tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, kDx, T, 4>;
+          case 6: return tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, kDx, T, 6>;
+          case 8: return tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, kDx, T, 8>;
+          default: return tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, kDx, T, 1>;
+        }
       } else {
-        return staged ? tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, kDx, true, T, 1>
-                      : tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, kDx, false, T, 1>;
+        return tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, kDx, T, 1>;
       }
     };
     auto kernel = dx ? pick(core::IntC<1>{}) : pick(core::IntC<0>{});
-    const size_t dyn = staged ? smem : 0;
-    if (dyn > 48 * 1024) {
-      *err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(dyn));
-      if (*err != cudaSuccess) return true;
-    }
-    kernel<<<blocks, kThreads, dyn, stream>>>(cy, paths, pw, x, y, w, z, dx, dy, dw);
+    kernel<<<blocks, kThreads, 0, stream>>>(cy, paths, pw, x, y, w, z, dx, dy, dw);
     *err = cudaGetLastError();
     return true;
   });
