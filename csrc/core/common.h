@@ -12,14 +12,6 @@
 
 namespace jbm::core {
 
-// A compiler barrier on the GPU (nothing on the CPU): memory accesses are not moved across it, which
-// bounds how far ahead straight-line code loads its operands, and so its registers.
-JBM_HD void schedule_barrier() {
-#if defined(__CUDA_ARCH__)
-  asm volatile("" ::: "memory");
-#endif
-}
-
 // Same numbering as the Python side (jaxbatmobile/_src/sh.py, _NORMALIZATIONS).
 enum class ShNormalization : int32_t { kComponent = 0, kNorm = 1, kIntegral = 2 };
 

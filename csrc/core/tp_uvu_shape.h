@@ -56,19 +56,6 @@ struct UvuShape {
   }
   static constexpr Paths kPaths = enumerate();
   static constexpr int kNumPaths = kPaths.count;
-  // The path indices ordered by l2 (stable): the backward walks the paths of one y block together.
-  struct Order {
-    int index[kMaxPaths];
-  };
-  static constexpr Order order_by_y() {
-    Order o{};
-    int q = 0;
-    for (int l2 = 0; l2 <= kCgMaxL; ++l2)
-      for (int n = 0; n < kPaths.count; ++n)
-        if (kPaths.path[n].l2 == l2) o.index[q++] = n;
-    return o;
-  }
-  static constexpr Order kByY = order_by_y();
   static constexpr int kDimX = shape_dim(X), kDimY = shape_dim(Y), kDimO = shape_dim(O);
 };
 
@@ -101,25 +88,19 @@ JBM_HD void uvu_shape_channel(const T* xu, const T* y, const T* scale, T* zu) {
 // out as the blocks of O), the channel's x components xu, the row's y, the path weights pw[n] and the
 // channel's weights weight(n) = w[row, n · U + u]:
 //     dw[n]    = pw[n] · Σ C x_i y_j dz_k                     (store_dw(n, value), once per path)
-//     dy[j]    = Σ_n pw[n] w[n] Σ C x_i dz_k                   (this channel's part, see below)
+//     dy[j]   += Σ_n pw[n] w[n] Σ C x_i dz_k                   (added: the caller sums the channels)
 //     dxu[i]   = Σ_n pw[n] w[n] Σ C y_j dz_k                   (DX; set, every component written)
 // The three share one pass over each path's CG entries: g_x[i] = Σ C y_j dz_k and g_y[j] = Σ C x_i dz_k,
-// then dw = pw · x · g_x (the weight gradient is the x gradient's contraction with x). The paths run
-// grouped by their y block (UvuShape::kByY), so only one block of y and of the channel's dy part is live
-// at a time: at the end of the paths of degree l2 the part is handed over, add_dy(IntC<offset>, IntC<2 l2
-// + 1>, values), and the caller sums it over the channels (the GPU: through shared memory).
-template <uint32_t X, uint32_t Y, uint32_t O, bool DX, typename T, typename Weight, typename StoreDw, typename AddDy>
-JBM_HD void uvu_shape_channel_grads(const T* xu, const T* y, const T* dzu, const T* pw, Weight&& weight, T* dxu,
-                                    StoreDw&& store_dw, AddDy&& add_dy) {
+// then dw = pw · x · g_x (the weight gradient is the x gradient's contraction with x).
+template <uint32_t X, uint32_t Y, uint32_t O, bool DX, typename T, typename Weight, typename StoreDw>
+JBM_HD void uvu_shape_channel_grads(const T* xu, const T* y, const T* dzu, const T* pw, Weight&& weight, T* dxu, T* dy,
+                                    StoreDw&& store_dw) {
   using S = UvuShape<X, Y, O>;
   if constexpr (DX)
     for (int i = 0; i < S::kDimX; ++i) dxu[i] = T(0);
-  T dy_part[2 * kCgMaxL + 1];
-  static_for<S::kNumPaths>([&](auto q) {
-    constexpr int Q = decltype(q)::value, N = S::kByY.index[Q];
+  static_for<S::kNumPaths>([&](auto n) {
+    constexpr int N = decltype(n)::value;
     constexpr ShapePath p = S::kPaths.path[N];
-    constexpr bool first = Q == 0 || S::kPaths.path[S::kByY.index[Q == 0 ? 0 : Q - 1]].l2 != p.l2;
-    constexpr bool last = Q + 1 == S::kNumPaths || S::kPaths.path[S::kByY.index[Q + 1]].l2 != p.l2;
     constexpr int D1 = 2 * p.l1 + 1, D2 = 2 * p.l2 + 1, OX = shape_offset(X, p.l1), OY = shape_offset(Y, p.l2);
     const T* xp = xu + OX;
     const T* yp = y + OY;
@@ -138,14 +119,7 @@ JBM_HD void uvu_shape_channel_grads(const T* xu, const T* y, const T* dzu, const
     const T s = pw[N] * weight(N);
     if constexpr (DX)
       for (int i = 0; i < D1; ++i) dxu[OX + i] += s * gx[i];
-    for (int j = 0; j < D2; ++j) {
-      if constexpr (first)
-        dy_part[j] = s * gy[j];
-      else
-        dy_part[j] += s * gy[j];
-    }
-    if constexpr (last) add_dy(IntC<OY>{}, IntC<D2>{}, static_cast<const T*>(dy_part));
-    schedule_barrier();  // the next path's loads (weight, y block) are not hoisted above this one's work
+    for (int j = 0; j < D2; ++j) dy[OY + j] += s * gy[j];
   });
 }
 

@@ -108,16 +108,13 @@ bool tp_grads_uvu_shape(const core::TpCall& c, const core::TpPath* paths, const 
         core::shape_gather<Sh::O>(dz + r * c.dim_z, mul, u, dzu);
         const auto weight = [&](int n) { return wr[int64_t(n) * mul + u]; };
         const auto store_dw = [&](int n, T v) { dwr[int64_t(n) * mul + u] = v; };
-        const auto add_dy = [&](auto offset, auto dim, const T* part) {
-          for (int j = 0; j < decltype(dim)::value; ++j) dyr[decltype(offset)::value + j] += part[j];
-        };
         if (dx) {
           core::uvu_shape_channel_grads<Sh::X, Sh::Y, Sh::O, true>(xu, y + r * c.dim_y, dzu, pw_by_index, weight, dxu,
-                                                                   store_dw, add_dy);
+                                                                   dyr, store_dw);
           core::shape_scatter<Sh::X, false>(dxu, mul, u, dx + r * c.dim_x);
         } else {
           core::uvu_shape_channel_grads<Sh::X, Sh::Y, Sh::O, false>(xu, y + r * c.dim_y, dzu, pw_by_index, weight,
-                                                                    dxu, store_dw, add_dy);
+                                                                    dxu, dyr, store_dw);
         }
       }
     }

@@ -327,66 +327,80 @@ __global__ void __launch_bounds__(kThreads, kShapedMinBlocks<T>)
 // dy, dw and (DX) dx of a row from x, y, w and the output cotangent dz. A block per row, a thread per
 // channel as in the forward: the channel's x and dz in registers, each path's weight read and its weight
 // gradient stored when the path comes (coalesced over the channels), dx stored once. dy sums over the
-// channels: a thread adds its channels' parts, one y block at a time, to its row of dy_parts in shared
-// memory, and the block sums those rows at the end of the row. The row's y is in shared memory too.
+// channels: each thread keeps its partial dy (16 values for l ≤ 3) and the block reduces them at the end
+// of the row (warp_sum_pairs, then one shared-memory row per warp).
 //
-// Bytes per MACE-large row (U = 128, 17 paths, fp32): reads x 4.6 kB, dz 8.2 kB, w 8.7 kB; writes
-// dx 4.6 kB, dw 8.7 kB: 35 kB, 0.52 ms for B = 50k at 3.35 TB/s — against 1.81 ms for the separate x,
-// y and w kernels (session 13). ~940 instructions per channel (215 CG entries, 3 each, plus the per-path
-// sums): 0.2 ms of issue; the kernel is bound by the bytes it keeps in flight, so by its occupancy.
-// H100, session 14: with y and dy in registers, 128 registers (4 blocks per SM), 0.86–0.94 ms (61% of
-// the bandwidth); staging the rows in shared memory with cp.async made it slower (spills; benchmarks/NOTES.md).
-constexpr int kGradsPartStride = 17;  // > 16 = y of degrees ≤ 3; odd, so the threads' rows use different banks
+// Bytes per MACE-large row (U = 128, 25 paths, fp32): reads x 4.6 kB, dz 8.2 kB, w 12.8 kB; writes
+// dx 4.6 kB, dw 12.8 kB: 43 kB, 0.64 ms for B = 50k at 3.35 TB/s — against 1.81 ms for the separate x,
+// y and w kernels (session 13).
+constexpr int kGradsMaxDimY = 16;  // y of degrees ≤ kCgMaxL = 3
+
+// The sums over a warp's lanes of 16 values per lane, by halving: after the step of offset 2^s a lane keeps
+// the half of its values picked by bit s of its lane id and adds its partner's copy of that half. 16
+// shuffles instead of 80; lane l ends with the sum of value l / 2 (both lanes of a pair hold it).
+template <typename T>
+__device__ T warp_sum_pairs(T (&v)[kGradsMaxDimY]) {
+  static_assert(kGradsMaxDimY == 16, "four halving steps, then one pair step");
+  const int lane = threadIdx.x % 32;
+  auto step = [&](auto half_c, int offset) {
+    constexpr int H = decltype(half_c)::value;
+    const bool upper = lane & offset;
+    for (int i = 0; i < H; ++i) {
+      const T send = upper ? v[i] : v[i + H];
+      const T keep = upper ? v[i + H] : v[i];
+      v[i] = keep + __shfl_xor_sync(0xffffffffu, send, offset);
+    }
+  };
+  step(core::IntC<8>{}, 16);
+  step(core::IntC<4>{}, 8);
+  step(core::IntC<2>{}, 4);
+  step(core::IntC<1>{}, 2);
+  return v[0] + __shfl_xor_sync(0xffffffffu, v[0], 1);
+}
 
 // EXPERIMENT (session 14): fp32 blocks per SM as a template parameter, picked at launch by the
-// environment variable JBM_GRADS_MIN_BLOCKS (4, 5 or 6, default 5); fp64 takes 1.
+// environment variable JBM_GRADS_MIN_BLOCKS (1, 4, 6 or 8); fp64 takes 1.
 template <uint32_t X, uint32_t Y, uint32_t O, bool DX, typename T, int MIN_BLOCKS = 1>
 __global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
     tp_uvu_shaped_grads_kernel(TpCall c, const TpPath* __restrict__ paths_g, const T* __restrict__ pw_g,
                                const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
                                const T* __restrict__ dz, T* __restrict__ dx, T* __restrict__ dy, T* __restrict__ dw) {
   using S = core::UvuShape<X, Y, O>;
-  static_assert(S::kDimY < kGradsPartStride, "y of degrees above 3");
+  static_assert(S::kDimY <= kGradsMaxDimY, "y of degrees above 3");
   constexpr int kWarps = kThreads / 32;
   __shared__ T pw[S::kNumPaths];
-  __shared__ T y_rows[2][S::kDimY];  // this row's y and the next one's
-  __shared__ T dy_parts[kThreads][kGradsPartStride];
+  __shared__ T dy_warps[2][kWarps][S::kDimY];  // two rows' worth: one sync per row (see below)
   const int32_t mul = static_cast<int32_t>(c.dim_x / S::kDimX);
   if (threadIdx.x == 0) core::shape_path_weights<S::kNumPaths>(paths_g, pw_g, c.num_paths, mul, pw);  // Python-checked table
-  if (threadIdx.x < S::kDimY && blockIdx.x < c.rows) y_rows[0][threadIdx.x] = y[blockIdx.x * c.dim_y + threadIdx.x];
   __syncthreads();
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  T* part = dy_parts[threadIdx.x];
   int parity = 0;
   for (int64_t r = blockIdx.x; r < c.rows; r += gridDim.x, parity ^= 1) {
-    const T* yr = y_rows[parity];
+    T yv[S::kDimY], dyv[kGradsMaxDimY];
+    for (int j = 0; j < S::kDimY; ++j) yv[j] = y[r * c.dim_y + j];
+    for (int j = 0; j < kGradsMaxDimY; ++j) dyv[j] = T(0);
     const T* wr = w + r * c.num_w;
     T* dwr = dw + r * c.num_w;
-    for (int j = 0; j < S::kDimY; ++j) part[j] = T(0);
     for (int32_t u = threadIdx.x; u < mul; u += blockDim.x) {
       T xu[S::kDimX], dzu[S::kDimO], dxu[S::kDimX];
       core::shape_gather<X>(x + r * c.dim_x, mul, u, xu);
       core::shape_gather<O>(dz + r * c.dim_z, mul, u, dzu);
       core::uvu_shape_channel_grads<X, Y, O, DX>(
-          xu, yr, dzu, pw, [&](int n) { return wr[int64_t(n) * mul + u]; }, dxu,
-          [&](int n, T v) { dwr[int64_t(n) * mul + u] = v; },
-          [&](auto offset, auto dim, const T* v) {
-            for (int j = 0; j < decltype(dim)::value; ++j) part[decltype(offset)::value + j] += v[j];
-          });
+          xu, yv, dzu, pw, [&](int n) { return wr[int64_t(n) * mul + u]; }, dxu, dyv,
+          [&](int n, T v) { dwr[int64_t(n) * mul + u] = v; });
       if constexpr (DX) core::shape_scatter<X, false>(dxu, mul, u, dx + r * c.dim_x);
     }
-    // The next row's y goes to the other buffer, last read in the previous row (before its closing sync).
-    const int64_t next = r + gridDim.x;
-    if (threadIdx.x < S::kDimY && next < c.rows) y_rows[parity ^ 1][threadIdx.x] = y[next * c.dim_y + threadIdx.x];
+    // Block sum of dy: warps first, then one row per warp in shared memory. The buffer alternates with
+    // the rows, so the next row's writes cannot meet this row's reads: a thread writes buffer b again
+    // only after passing the next row's sync, which the readers of b reach after reading.
+    const T sum = warp_sum_pairs(dyv);
+    if (lane % 2 == 0 && lane / 2 < S::kDimY) dy_warps[parity][warp][lane / 2] = sum;
     __syncthreads();
-    // dy[j] = the threads' parts summed: warps take components, lanes take threads.
-    for (int j = warp; j < S::kDimY; j += kWarps) {
-      T v = T(0);
-      for (int t = lane; t < kThreads; t += 32) v += dy_parts[t][j];
-      for (int d = 16; d > 0; d /= 2) v += __shfl_down_sync(0xffffffffu, v, d);
-      if (lane == 0) dy[r * c.dim_y + j] = v;
+    if (threadIdx.x < S::kDimY) {
+      T total = T(0);
+      for (int k = 0; k < kWarps; ++k) total += dy_warps[parity][k][threadIdx.x];
+      dy[r * c.dim_y + threadIdx.x] = total;
     }
-    __syncthreads();  // the parts are rewritten in the next row
   }
 }
 
@@ -1085,12 +1099,13 @@ bool launch_uvu_shaped_grads(cudaStream_t stream, const TpCall& cy, const TpPath
       if constexpr (sizeof(T) == 4) {
         static const int minb = [] {
           const char* v = std::getenv("JBM_GRADS_MIN_BLOCKS");
-          return v ? std::atoi(v) : 5;
+          return v ? std::atoi(v) : 1;
         }();
         switch (minb) {
           case 4: return tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, kDx, T, 4>;
           case 6: return tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, kDx, T, 6>;
-          default: return tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, kDx, T, 5>;
+          case 8: return tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, kDx, T, 8>;
+          default: return tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, kDx, T, 1>;
         }
       } else {
         return tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, kDx, T, 1>;
