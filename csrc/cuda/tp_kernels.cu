@@ -2,6 +2,9 @@
 // once, coalesced, from shared memory; the gradient of shared weights (a sum over rows) keeps one
 // accumulator per block and adds it to the output at the end.
 //
+// * tp_uvu_shaped_kernel / tp_uvu_shaped_grads_kernel (plain products of a compiled shape,
+//   core/tp_uvu_shape.h: MACE-large and MACE-medium): the forward and the whole backward (dx, dy, dw in
+//   one pass) as straight-line code per channel, operands in registers, no tables.
 // * tp_uvu_kernel (core::TpKernel::kUvu, the MACE/NequIP/Nequix channelwise problems): the rows of the
 //   three inputs are staged in shared memory with coalesced loads, then threads run over the channels
 //   of each path with compile-time CG blocks (csrc/core/tp_uvu.h), each thread owning its channel's
@@ -19,7 +22,6 @@
 // (core::tp_sh_row) and never written to device memory.
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
 
 #include "core/tp_uvu.h"
 #include "core/tp_uvu_shape.h"
@@ -325,14 +327,18 @@ __global__ void __launch_bounds__(kThreads, kShapedMinBlocks<T>)
 
 // The backward of slot z of a plain product with per-row weights, one pass (core::uvu_shape_channel_grads):
 // dy, dw and (DX) dx of a row from x, y, w and the output cotangent dz. A block per row, a thread per
-// channel as in the forward: the channel's x and dz in registers, each path's weight read and its weight
-// gradient stored when the path comes (coalesced over the channels), dx stored once. dy sums over the
-// channels: each thread keeps its partial dy (16 values for l ≤ 3) and the block reduces them at the end
-// of the row (warp_sum_pairs, then one shared-memory row per warp).
+// channel as in the forward: the channel's x and dz and the row's y in registers, each path's weight read
+// and its weight gradient stored when the path comes (coalesced over the channels), dx stored once. dy
+// sums over the channels: each thread keeps its partial dy (16 values for l ≤ 3) and the block reduces
+// them at the end of the row (warp_sum_pairs, then one shared-memory row per warp).
 //
-// Bytes per MACE-large row (U = 128, 25 paths, fp32): reads x 4.6 kB, dz 8.2 kB, w 12.8 kB; writes
-// dx 4.6 kB, dw 12.8 kB: 43 kB, 0.64 ms for B = 50k at 3.35 TB/s — against 1.81 ms for the separate x,
-// y and w kernels (session 13).
+// Bytes per MACE-large row (U = 128, 17 paths, fp32): reads x 4.6 kB, dz 8.2 kB, w 8.7 kB; writes
+// dx 4.6 kB, dw 8.7 kB: 35 kB, 0.52 ms for B = 50k at 3.35 TB/s — against 1.81 ms for the separate x,
+// y and w kernels (session 13). ~940 instructions per channel (215 CG entries, 3 each, plus the per-path
+// sums): 0.2 ms of issue; the kernel is bound by the bytes it keeps in flight. fp32 is compiled for 4
+// blocks per SM (128 registers, no spills). H100, session 14, B = 50k: MACE-large 0.86–0.94 ms, MACE-medium
+// 0.36 ms; 6 or 8 blocks per SM spill and ran 2–3x slower, so did staging the rows in shared memory
+// (cp.async) and keeping dy in shared memory instead of registers (benchmarks/NOTES.md).
 constexpr int kGradsMaxDimY = 16;  // y of degrees ≤ kCgMaxL = 3
 
 // The sums over a warp's lanes of 16 values per lane, by halving: after the step of offset 2^s a lane keeps
@@ -358,10 +364,11 @@ __device__ T warp_sum_pairs(T (&v)[kGradsMaxDimY]) {
   return v[0] + __shfl_xor_sync(0xffffffffu, v[0], 1);
 }
 
-// EXPERIMENT (session 14): fp32 blocks per SM as a template parameter, picked at launch by the
-// environment variable JBM_GRADS_MIN_BLOCKS (1, 4, 6 or 8); fp64 takes 1.
-template <uint32_t X, uint32_t Y, uint32_t O, bool DX, typename T, int MIN_BLOCKS = 1>
-__global__ void __launch_bounds__(kThreads, MIN_BLOCKS)
+template <typename T>
+constexpr int kShapedGradsMinBlocks = sizeof(T) == 4 ? 4 : 1;
+
+template <uint32_t X, uint32_t Y, uint32_t O, bool DX, typename T>
+__global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
     tp_uvu_shaped_grads_kernel(TpCall c, const TpPath* __restrict__ paths_g, const T* __restrict__ pw_g,
                                const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
                                const T* __restrict__ dz, T* __restrict__ dx, T* __restrict__ dy, T* __restrict__ dw) {
@@ -1094,24 +1101,8 @@ bool launch_uvu_shaped_grads(cudaStream_t stream, const TpCall& cy, const TpPath
     *err = cudaSuccess;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(cy.rows, int64_t(1) << 20));
     if (blocks == 0) return true;
-    auto pick = [&](auto dx_c) {
-      constexpr bool kDx = decltype(dx_c)::value != 0;
-      if constexpr (sizeof(T) == 4) {
-        static const int minb = [] {
-          const char* v = std::getenv("JBM_GRADS_MIN_BLOCKS");
-          return v ? std::atoi(v) : 1;
-        }();
-        switch (minb) {
-          case 4: return tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, kDx, T, 4>;
-          case 6: return tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, kDx, T, 6>;
-          case 8: return tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, kDx, T, 8>;
-          default: return tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, kDx, T, 1>;
-        }
-      } else {
-        return tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, kDx, T, 1>;
-      }
-    };
-    auto kernel = dx ? pick(core::IntC<1>{}) : pick(core::IntC<0>{});
+    auto kernel = dx ? tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, true, T>
+                     : tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, false, T>;
     kernel<<<blocks, kThreads, 0, stream>>>(cy, paths, pw, x, y, w, z, dx, dy, dw);
     *err = cudaGetLastError();
     return true;
