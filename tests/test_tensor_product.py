@@ -460,3 +460,23 @@ def test_shaped_kernel_matches_e3nn(rng, shape, mul):
     tangents = tuple(rng.normal(size=a.shape) for a in (x, y, w))
     jvps = [jax.jvp(lambda x, y, w, t=t: t(x, y, w), (x, y, w), tangents)[1] for t in (tp, table_driven)]
     assert_close(jvps[0], jvps[1], 1e-12)
+
+
+def test_fused_backward_handler_rejects_dx_without_compiled_shape(tps):
+    """jbm_tp_yw computes dx only for plain products of a compiled shape (Python asks only then); the C++
+    handler checks it again: asked for another problem's dx it returns an error, raised in Python."""
+    from jaxbatmobile._src import tensor_product as tpm
+
+    tp = tps("nequip-parity")  # channelwise, but not a compiled shape
+    assert tp._tables.uvu_shape == 0
+    dim_x, dim_y, dim_z, num_w = tp._tables.dims
+    rows = 3
+    consts, attrs = tpm._tables_and_attrs(tp._tables, False, np.float64, shared=False, unweighted=True,
+                                          num_nodes=None, sh=None)
+    empty = jnp.zeros((0,), jnp.int32)
+    outs = [jax.ShapeDtypeStruct((rows, width), np.float64) for width in (dim_y, num_w, dim_x)]
+    operands = [jnp.ones((rows, width), np.float64) for width in (dim_x, dim_y, num_w, dim_z)]
+    call = jax.ffi.ffi_call("jbm_tp_yw", outs)
+    with pytest.raises(Exception, match="dx of jbm_tp_yw is computed for plain products of a compiled shape only"):
+        with jax.default_device(jax.devices("cpu")[0]):
+            jax.block_until_ready(call(*operands, empty, empty, empty, empty, *consts, **attrs))
