@@ -22,7 +22,6 @@
 // (core::tp_sh_row) and never written to device memory.
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
 
 #include "core/tp_uvu.h"
 #include "core/tp_uvu_shape.h"
@@ -300,31 +299,14 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_kernel(TpCall c, const TpPath
 // forward (session 13): 0.492 ms uncapped (96 registers, 5 blocks per SM, ncu: DRAM 67%, 3.4k warp
 // instructions per row); capped in one build at 1 / 6 / 8 blocks (124 / 80 / 64 registers) 0.588 /
 // 0.473 / 0.438 ms: the loads are issued up front, so more resident warps keep more bytes in flight.
-// A row of n elements from shared memory to global memory by the whole block: 16-byte stores when both
-// ends are aligned (contiguous over the threads), else one element per thread and step.
-template <typename T>
-__device__ void store_row(const T* src, T* dst, int64_t n) {
-  if ((reinterpret_cast<uintptr_t>(dst) | reinterpret_cast<uintptr_t>(src) | n * sizeof(T)) % 16 == 0) {
-    const int64_t n16 = n * int64_t(sizeof(T)) / 16;
-    for (int64_t k = threadIdx.x; k < n16; k += blockDim.x)
-      reinterpret_cast<int4*>(dst)[k] = reinterpret_cast<const int4*>(src)[k];
-  } else {
-    for (int64_t k = threadIdx.x; k < n; k += blockDim.x) dst[k] = src[k];
-  }
-}
-
-// EXPERIMENT (session 14): SMEM_OUT writes the row's output to shared memory first (channel-strided
-// stores there, conflict-free: odd strides) and stores it contiguously (store_row); JBM_FWD_VARIANT=smem.
 template <typename T>
 constexpr int kShapedMinBlocks = sizeof(T) == 4 ? 8 : 1;
 
-template <uint32_t X, uint32_t Y, uint32_t O, typename T, bool SMEM_OUT = false>
+template <uint32_t X, uint32_t Y, uint32_t O, typename T>
 __global__ void __launch_bounds__(kThreads, kShapedMinBlocks<T>)
     tp_uvu_shaped_kernel(TpCall c, const TpPath* __restrict__ paths_g, const T* __restrict__ pw_g,
                          const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w, T* __restrict__ out) {
   using S = core::UvuShape<X, Y, O>;
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* const out_s = reinterpret_cast<T*>(smem_raw);  // SMEM_OUT: the row's output
   __shared__ T pw[S::kNumPaths];
   const int32_t mul = static_cast<int32_t>(c.dim_x / S::kDimX);
   if (threadIdx.x == 0) core::shape_path_weights<S::kNumPaths>(paths_g, pw_g, c.num_paths, mul, pw);  // Python-checked table
@@ -338,12 +320,7 @@ __global__ void __launch_bounds__(kThreads, kShapedMinBlocks<T>)
       core::shape_gather<X>(x + r * c.dim_x, mul, u, xu);
       for (int n = 0; n < S::kNumPaths; ++n) scale[n] = pw[n] * w[r * w_stride + int64_t(n) * mul + u];
       core::uvu_shape_channel<X, Y, O>(xu, yv, scale, zu);
-      core::shape_scatter<O, false>(zu, mul, u, SMEM_OUT ? out_s : out + r * c.dim_z);
-    }
-    if constexpr (SMEM_OUT) {
-      __syncthreads();
-      store_row(out_s, out + r * c.dim_z, c.dim_z);
-      __syncthreads();  // out_s is rewritten in the next row
+      core::shape_scatter<O, false>(zu, mul, u, out + r * c.dim_z);
     }
   }
 }
@@ -390,9 +367,7 @@ __device__ T warp_sum_pairs(T (&v)[kGradsMaxDimY]) {
 template <typename T>
 constexpr int kShapedGradsMinBlocks = sizeof(T) == 4 ? 4 : 1;
 
-// EXPERIMENT (session 14): SMEM_DX writes the row's dx to shared memory first and stores it
-// contiguously (store_row); JBM_GRADS_VARIANT=smem.
-template <uint32_t X, uint32_t Y, uint32_t O, bool DX, typename T, bool SMEM_DX = false>
+template <uint32_t X, uint32_t Y, uint32_t O, bool DX, typename T>
 __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
     tp_uvu_shaped_grads_kernel(TpCall c, const TpPath* __restrict__ paths_g, const T* __restrict__ pw_g,
                                const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
@@ -402,8 +377,6 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
   constexpr int kWarps = kThreads / 32;
   __shared__ T pw[S::kNumPaths];
   __shared__ T dy_warps[2][kWarps][S::kDimY];  // two rows' worth: one sync per row (see below)
-  extern __shared__ __align__(16) unsigned char smem_raw[];
-  T* const dx_s = reinterpret_cast<T*>(smem_raw);  // SMEM_DX: the row's dx
   const int32_t mul = static_cast<int32_t>(c.dim_x / S::kDimX);
   if (threadIdx.x == 0) core::shape_path_weights<S::kNumPaths>(paths_g, pw_g, c.num_paths, mul, pw);  // Python-checked table
   __syncthreads();
@@ -422,7 +395,7 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
       core::uvu_shape_channel_grads<X, Y, O, DX>(
           xu, yv, dzu, pw, [&](int n) { return wr[int64_t(n) * mul + u]; }, dxu, dyv,
           [&](int n, T v) { dwr[int64_t(n) * mul + u] = v; });
-      if constexpr (DX) core::shape_scatter<X, false>(dxu, mul, u, SMEM_DX ? dx_s : dx + r * c.dim_x);
+      if constexpr (DX) core::shape_scatter<X, false>(dxu, mul, u, dx + r * c.dim_x);
     }
     // Block sum of dy: warps first, then one row per warp in shared memory. The buffer alternates with
     // the rows, so the next row's writes cannot meet this row's reads: a thread writes buffer b again
@@ -434,10 +407,6 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
       T total = T(0);
       for (int k = 0; k < kWarps; ++k) total += dy_warps[parity][k][threadIdx.x];
       dy[r * c.dim_y + threadIdx.x] = total;
-    }
-    if constexpr (DX && SMEM_DX) {
-      store_row(dx_s, dx + r * c.dim_x, c.dim_x);
-      __syncthreads();  // dx_s is rewritten in the next row
     }
   }
 }
@@ -1113,10 +1082,7 @@ bool launch_uvu_shaped(cudaStream_t stream, const TpCall& c, const TpPath* paths
     const int64_t mul = c.dim_x / core::UvuShape<S::X, S::Y, S::O>::kDimX;
     if (mul > (int64_t(1) << 30) || !core::shape_fits<S::X, S::Y, S::O>(c, static_cast<int32_t>(mul))) return false;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(c.rows, int64_t(1) << 20));
-    static const bool try_smem = std::getenv("JBM_FWD_VARIANT") && std::getenv("JBM_FWD_VARIANT")[0] == 's';
-    const size_t smem = try_smem && c.dim_z * sizeof(T) <= 32 * 1024 ? c.dim_z * sizeof(T) : 0;
-    auto kernel = smem ? tp_uvu_shaped_kernel<S::X, S::Y, S::O, T, true> : tp_uvu_shaped_kernel<S::X, S::Y, S::O, T, false>;
-    kernel<<<blocks, kThreads, smem, stream>>>(c, paths, pw, ops[0], ops[1], ops[2], out);
+    tp_uvu_shaped_kernel<S::X, S::Y, S::O, T><<<blocks, kThreads, 0, stream>>>(c, paths, pw, ops[0], ops[1], ops[2], out);
     *err = cudaGetLastError();
     return true;
   });
@@ -1135,12 +1101,9 @@ bool launch_uvu_shaped_grads(cudaStream_t stream, const TpCall& cy, const TpPath
     *err = cudaSuccess;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(cy.rows, int64_t(1) << 20));
     if (blocks == 0) return true;
-    static const bool try_smem = std::getenv("JBM_GRADS_VARIANT") && std::getenv("JBM_GRADS_VARIANT")[0] == 's';
-    const size_t smem = dx && try_smem && cy.dim_x * sizeof(T) <= 32 * 1024 ? cy.dim_x * sizeof(T) : 0;
-    auto kernel = !dx   ? tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, false, T>
-                  : smem ? tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, true, T, true>
-                         : tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, true, T>;
-    kernel<<<blocks, kThreads, smem, stream>>>(cy, paths, pw, x, y, w, z, dx, dy, dw);
+    auto kernel = dx ? tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, true, T>
+                     : tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, false, T>;
+    kernel<<<blocks, kThreads, 0, stream>>>(cy, paths, pw, x, y, w, z, dx, dy, dw);
     *err = cudaGetLastError();
     return true;
   });
