@@ -287,6 +287,59 @@ def test_fused_y_and_weight_gradients(rng, op, dtype):
         assert_close(back, jax.jvp(lambda y, w: f(args[0], y, w), (args[1], args[2]), (t_y, t_w))[1], 1e-12)
 
 
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("op", ["conv", "sh_conv"])
+@pytest.mark.parametrize("shape", ["mace-medium", "mace-large"])
+def test_whole_backward_of_compiled_shapes(rng, shape, op, deterministic):
+    """The backward of a compiled shape's conv in (node features, edge attributes or vectors, weights):
+    in atomic mode one fused call (tp_yw_p with_x: dx scattered to senders from the same pass as dy and
+    dw), in deterministic mode dy and dw fused and dx from the sender lists. Against the unfused e3nn-jax
+    reference, with dropped edges, a node that sends nothing, multiplicities of 1 and 40 (one GPU warp
+    and a partial one), fp64 and fp32, and the empty graph."""
+    l2 = "0e+1o+2e" if shape == "mace-medium" else "0e+1o+2e+3o"
+    for mul, dtype in ((40, np.float64), (1, np.float64), (40, np.float32)):
+        i1 = f"{mul}x0e+{mul}x1o" if shape == "mace-medium" else f"{mul}x0e+{mul}x1o+{mul}x2e"
+        io = " + ".join(f"{mul}x{ir}" for ir in (l2 if shape == "mace-medium" else SH3).split("+"))
+        tp = jb.TensorProduct(i1, SH3, io, jb.channelwise_instructions(i1, SH3, io))
+        assert tp._tables.uvu_shape in jb.build_info()["uvu_shapes"]
+        n, e = 9, 70
+        s, r = _graph(rng, n, e)
+        s[s == n - 1] = 2  # node n - 1 sends nothing: its dx is exactly zero
+        s[[3, 40]] = [-1, n]  # dropped edges
+        keep = s >= 0
+        keep &= s < n
+        x, y, w = _inputs(rng, tp, n, e, dtype)
+        v = _vectors(rng, e, dtype)
+        if op == "conv":
+            f = lambda x, y, w: jb.conv(tp, x, y, w, s, r, num_nodes=n, deterministic=deterministic)  # noqa: E731
+            ref = lambda x, y, w: _ref(tp, x, y[keep], w[keep], s[keep], r[keep], n)  # noqa: E731
+            args = (x, y, w)
+        else:
+            sh = lambda v: reference.spherical_harmonics(jnp.asarray(v, jnp.float64), 3, True, "component")  # noqa: E731
+            f = lambda x, v, w: jb.sh_conv(tp, x, v, w, s, r, num_nodes=n, deterministic=deterministic)  # noqa: E731
+            ref = lambda x, v, w: _ref(tp, x, sh(v)[keep], w[keep], s[keep], r[keep], n)  # noqa: E731
+            args = (x, v, w)
+        dz = rng.normal(size=(n, tp.irreps_out.dim)).astype(dtype)
+        loss = lambda *a: jnp.vdot(f(*a), dz)  # noqa: E731
+        jaxpr = str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(*args))
+        assert f"with_x={not deterministic}" in jaxpr
+        got = jax.grad(loss, argnums=(0, 1, 2))(*args)
+        want = jax.grad(lambda *a: jnp.vdot(ref(*a), dz.astype(np.float64)), argnums=(0, 1, 2))(*args)
+        for g, h in zip(got, want):
+            assert g.dtype == dtype
+            assert_close(g, h, TOL[dtype] * 5)
+        assert not np.any(np.asarray(got[0])[n - 1])
+        assert not np.any(np.asarray(got[1])[~keep]) and not np.any(np.asarray(got[2])[~keep])
+    # the empty graph: zero gradients of the right shapes
+    none = np.zeros((0,), np.int32)
+    args0 = (x, args[1][:0], w[:0])
+    g0 = jax.grad(lambda *a: jnp.vdot(jb.conv(tp, *a, none, none, num_nodes=n, deterministic=deterministic)
+                                      if op == "conv" else
+                                      jb.sh_conv(tp, *a, none, none, num_nodes=n, deterministic=deterministic), dz),
+                  argnums=(0, 1, 2))(*args0)
+    assert [g.shape for g in g0] == [a.shape for a in args0] and not np.any(np.asarray(g0[0]))
+
+
 def test_bad_calls(rng):
     tp = _tp("mace-medium")
     n, e = 5, 8

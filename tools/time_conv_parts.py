@@ -9,8 +9,11 @@ tools/kernel_times.py), which is what to compare between two builds.
 A/B of two builds on one machine (benchmark medians differ ~15% between H100 machines): install each
 non-editable into its own folder, e.g. `pip install --no-build-isolation --no-deps --target /tmp/new .`
 (an editable install's import hook wins over PYTHONPATH: uninstall it first), then alternate
-`PYTHONPATH=/tmp/old:...` and `PYTHONPATH=/tmp/new:...` runs (benchmarks/results/h100-2026-11-23-s9-ab.md).
+`PYTHONPATH=/tmp/old:...` and `PYTHONPATH=/tmp/new:...` runs (benchmarks/results/h100-2026-11-23-s9-ab.md). JBM_UVU_SHAPE=0 runs full
+channelwise problems (MACE) on the table-driven kernels instead of their compiled shape's: an A/B of
+the two within one build.
 """
+import os
 import sys
 import time
 
@@ -20,6 +23,11 @@ from kernel_times import kernel_table
 from problems import PROBLEMS, inputs
 
 import jaxbatmobile as jb
+
+if os.environ.get("JBM_UVU_SHAPE") == "0":  # full channelwise problems on the table-driven kernels
+    from jaxbatmobile._src import tensor_product
+
+    tensor_product._uvu_shape = lambda tp: 0
 
 
 def host_median_ms(f, *args, runs=20):
@@ -43,6 +51,7 @@ for name in sys.argv[1:] or ["mace-medium" if jax.default_backend() == "gpu" els
             roles[role] = (jax.jit(lambda x, y, w, dz, k=k: jax.vjp(conv, x, y, w)[1](dz)[k]), (x, y, w, dz))
         roles["dy+dw"] = (jax.jit(lambda x, y, w, dz: jax.vjp(lambda y, w: conv(x, y, w), y, w)[1](dz)),
                           (x, y, w, dz))
+        roles["dx+dy+dw"] = (jax.jit(lambda x, y, w, dz: jax.vjp(conv, x, y, w)[1](dz)), (x, y, w, dz))
         for role, (f, args) in roles.items():
             t0 = time.perf_counter()
             jax.block_until_ready(f(*args))
@@ -51,5 +60,5 @@ for name in sys.argv[1:] or ["mace-medium" if jax.default_backend() == "gpu" els
             kernel_table(f, *args)  # warm the profiler
             rows = kernel_table(f, *args)
             kernels = "; ".join(f"{kernel[:36]} {ms:.3f}" for ms, _, kernel in rows[:3])
-            print(f"{name:14} {'det' if det else 'atomic':6} {role:6} first {first:5.2f} s  host {host:.3f} ms  "
+            print(f"{name:14} {'det' if det else 'atomic':6} {role:8} first {first:5.2f} s  host {host:.3f} ms  "
                   f"gpu {sum(ms for ms, _, _ in rows):.3f} ms | {kernels}", flush=True)

@@ -226,6 +226,15 @@ struct TpCall {
   JBM_HD bool reduces_rows() const { return slot == TpSlot::kW && shared_w; }
 };
 
+// Call c reading y as `from` does: data, or edge vectors whose spherical harmonics are computed (the
+// fused y and weight gradients run the y call's slot with the weight call's view of y).
+JBM_HD TpCall with_sh_of(TpCall c, const TpCall& from) {
+  c.sh_lmax = from.sh_lmax;
+  c.sh_normalize = from.sh_normalize;
+  c.sh_normalization = from.sh_normalization;
+  return c;
+}
+
 // y row of one row in a call with sh_lmax >= 0: the spherical harmonics of the vector v[0..3)
 // (degrees 0..sh_lmax, at most kTpShMaxL; csrc/core/sh.h).
 inline constexpr int kTpShMaxL = 4;

@@ -72,16 +72,21 @@ JBM_HD void static_for(F&& f) {
 // One channel u of one row, slot z: zu[shape_dim(O)] = Σ_paths pw[n] w[n] Σ C x y, with the channel's
 // x components (xu, laid out as the blocks of X in order), the row's y and the path scales
 // scale[n] = pw[n] · w[row, n · U + u] (instruction order).
+// uvu_shape_channel_add adds the same to zu (a graph's edges summed per receiver).
 template <uint32_t X, uint32_t Y, uint32_t O, typename T>
-JBM_HD void uvu_shape_channel(const T* xu, const T* y, const T* scale, T* zu) {
+JBM_HD void uvu_shape_channel_add(const T* xu, const T* y, const T* scale, T* zu) {
   using S = UvuShape<X, Y, O>;
-  for (int k = 0; k < S::kDimO; ++k) zu[k] = T(0);
   static_for<S::kNumPaths>([&](auto n) {
     constexpr ShapePath p = S::kPaths.path[decltype(n)::value];
     uvu_channel<p.l1, p.l2, p.lo, TpSlot::kZ>(xu + shape_offset(X, p.l1), y + shape_offset(Y, p.l2),
                                               static_cast<const T*>(nullptr), scale[decltype(n)::value],
                                               zu + shape_offset(O, p.lo));
   });
+}
+template <uint32_t X, uint32_t Y, uint32_t O, typename T>
+JBM_HD void uvu_shape_channel(const T* xu, const T* y, const T* scale, T* zu) {
+  for (int k = 0; k < UvuShape<X, Y, O>::kDimO; ++k) zu[k] = T(0);
+  uvu_shape_channel_add<X, Y, O>(xu, y, scale, zu);
 }
 
 // The backward of slot z for one channel u of one row: given the output cotangent's channel dzu (laid
@@ -124,27 +129,27 @@ JBM_HD void uvu_shape_channel_grads(const T* xu, const T* y, const T* dzu, const
 }
 
 // Channel u's components of a row laid out by LIST with multiplicity `mul` (e3nn's layout: block of
-// degree l at mul · shape_offset(l), channel u's 2l + 1 components contiguous), gathered into cu
-// (blocks in order), or (shape_scatter) cu stored back: set, or added (ADD) when rows accumulate.
-template <uint32_t LIST, typename T>
-JBM_HD void shape_gather(const T* row, int32_t mul, int32_t u, T* cu) {
+// degree l at mul · shape_offset(l), channel u's 2l + 1 components contiguous): f(offset in the row,
+// index among the channel's components cu (blocks in order)) for each. shape_gather reads them into cu,
+// shape_scatter stores cu back: set, or added (ADD) when rows accumulate. (The GPU's atomic scatter of
+// graph calls walks the same offsets.)
+template <uint32_t LIST, typename F>
+JBM_HD void shape_for_each(int32_t mul, int32_t u, F&& f) {
   static_for<kCgMaxL + 1>([&](auto l) {
     constexpr int L = decltype(l)::value, D = 2 * L + 1, OFF = shape_offset(LIST, L);
     if constexpr (shape_has(LIST, L)) {
-      const T* src = row + int64_t(mul) * OFF + int64_t(u) * D;
-      for (int i = 0; i < D; ++i) cu[OFF + i] = src[i];
+      const int64_t src = int64_t(mul) * OFF + int64_t(u) * D;
+      for (int i = 0; i < D; ++i) f(src + i, OFF + i);
     }
   });
 }
+template <uint32_t LIST, typename T>
+JBM_HD void shape_gather(const T* row, int32_t mul, int32_t u, T* cu) {
+  shape_for_each<LIST>(mul, u, [&](int64_t at, int k) { cu[k] = row[at]; });
+}
 template <uint32_t LIST, bool ADD, typename T>
 JBM_HD void shape_scatter(const T* cu, int32_t mul, int32_t u, T* row) {
-  static_for<kCgMaxL + 1>([&](auto l) {
-    constexpr int L = decltype(l)::value, D = 2 * L + 1, OFF = shape_offset(LIST, L);
-    if constexpr (shape_has(LIST, L)) {
-      T* dst = row + int64_t(mul) * OFF + int64_t(u) * D;
-      for (int i = 0; i < D; ++i) dst[i] = ADD ? dst[i] + cu[OFF + i] : cu[OFF + i];
-    }
-  });
+  shape_for_each<LIST>(mul, u, [&](int64_t at, int k) { row[at] = ADD ? row[at] + cu[k] : cu[k]; });
 }
 
 // Whether a call's widths are those of shape (X, Y, O) with multiplicity `mul`, every path weighted

@@ -22,6 +22,7 @@
 // (core::tp_sh_row) and never written to device memory.
 #include <algorithm>
 #include <atomic>
+#include <cstdlib>
 
 #include "core/tp_uvu.h"
 #include "core/tp_uvu_shape.h"
@@ -188,16 +189,19 @@ __device__ void uvu_accumulate(const TpCall& c, const TpPath* paths, const T* pw
 
 enum class Store { kSet, kAdd, kAtomicAdd };
 
+template <typename T>
+__device__ __forceinline__ void store_one(T value, T* dst, Store how) {
+  if (how == Store::kAtomicAdd)
+    atomicAdd(dst, value);
+  else if (how == Store::kAdd)
+    *dst += value;
+  else
+    *dst = value;
+}
+
 template <int D, typename T>
 __device__ void store_block(const T* acc, T* dst, Store how) {
-  for (int k = 0; k < D; ++k) {
-    if (how == Store::kAtomicAdd)
-      atomicAdd(dst + k, acc[k]);
-    else if (how == Store::kAdd)
-      dst[k] += acc[k];
-    else
-      dst[k] = acc[k];
-  }
+  for (int k = 0; k < D; ++k) store_one(acc[k], dst + k, how);
 }
 
 template <TpSlot SLOT, int LT, typename T>
@@ -564,13 +568,16 @@ struct EdgeChunk {
   void* dy_rows;      // slot y: [size][dim_y] the entries' y-gradient rows
 };
 
+// Index entries of a chunk of `size` (EdgeChunk's int arrays, carve_edge_indices).
+__host__ __device__ constexpr int edge_chunk_ints(int size) { return 5 * size + 3; }
+
 // Whether the chunk stages y-contracted blocks: every call but the y gradient alone.
 __host__ __device__ inline bool edge_contracts(const TpCall& c, bool with_w) { return c.slot != TpSlot::kY || with_w; }
 
 // with_w: the fused y and weight gradients (slot y call that also writes the per-row weight gradient).
 __host__ __device__ inline size_t edge_chunk_bytes(const TpCall& c, int size, size_t elem, bool with_w = false) {
   return uvu_table_bytes(c, elem) + align16((c.num_paths + 1) * sizeof(int32_t)) +
-         align16((5 * size + 3) * sizeof(int32_t)) +
+         align16(edge_chunk_ints(size) * sizeof(int32_t)) +
          (edge_contracts(c, with_w) ? align16(size * size_t(c.yc_width) * elem) : 0) +
          (c.sh_lmax >= 0 ? align16(size * size_t(c.dim_y) * elem) : 0) +
          (c.slot == TpSlot::kY ? align16(size * size_t(c.dim_y) * elem) : 0);
@@ -583,19 +590,24 @@ inline int edge_chunk_size(const TpCall& c, size_t elem, bool with_w = false) {
   return size;
 }
 
+// The chunk's index arrays in `ints` (edge_chunk_ints(size) of them).
+__device__ inline void carve_edge_indices(int32_t* ints, int size, EdgeChunk* ch) {
+  ch->edge = ints;
+  ch->source = ints + size;
+  ch->source2 = ints + 2 * size;
+  ch->runs = ints + 3 * size;
+  ch->run_target = ints + 4 * size + 1;
+  ch->num_runs = ints + 5 * size + 1;
+  ch->valid = reinterpret_cast<unsigned*>(ints + 5 * size + 2);
+}
+
 template <typename T>
 __device__ EdgeChunk carve_edge_chunk(const TpCall& c, int size, unsigned char* raw, bool with_w = false) {
   EdgeChunk ch;
   ch.m_off = reinterpret_cast<int32_t*>(raw);
   int32_t* ints = reinterpret_cast<int32_t*>(raw + align16((c.num_paths + 1) * sizeof(int32_t)));
-  ch.edge = ints;
-  ch.source = ints + size;
-  ch.source2 = ints + 2 * size;
-  ch.runs = ints + 3 * size;
-  ch.run_target = ints + 4 * size + 1;
-  ch.num_runs = ints + 5 * size + 1;
-  ch.valid = reinterpret_cast<unsigned*>(ints + 5 * size + 2);
-  unsigned char* m = reinterpret_cast<unsigned char*>(ints) + align16((5 * size + 3) * sizeof(int32_t));
+  carve_edge_indices(ints, size, &ch);
+  unsigned char* m = reinterpret_cast<unsigned char*>(ints) + align16(edge_chunk_ints(size) * sizeof(int32_t));
   ch.m = m;
   ch.y_rows = m + (edge_contracts(c, with_w) ? align16(size * size_t(c.yc_width) * sizeof(T)) : 0);
   ch.dy_rows = static_cast<unsigned char*>(ch.y_rows) + (c.sh_lmax >= 0 ? align16(size * size_t(c.dim_y) * sizeof(T)) : 0);
@@ -975,6 +987,160 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_edge_y_kernel(TpCall c, int c
   }
 }
 
+// ---- compiled shapes on graphs: the convolution's forward and backward -------------------------------
+//
+// The per-channel code of the compiled shapes (core/tp_uvu_shape.h) on edges: x rows gathered by
+// sender, the output (forward) or cotangent (backward) rows by receiver, y rows (data, or spherical
+// harmonics computed from the edge vectors) staged per chunk of edges in shared memory and read back
+// into registers; a thread per channel. The table-driven edge kernels above spent ~1.5k warp
+// instructions per MACE-medium edge on path loops, degree dispatch and per-path re-gathers of x (ncu,
+// session 12); here a channel's x, its weights and the edge's y are read once per edge and every path is
+// straight-line code.
+//
+// Bytes per MACE-medium edge (U = 128, 8 paths, fp32): weights 4.1 kB (the forward's DRAM traffic,
+// 0.21 ms for E = 150k at 2.9 TB/s), y 64 B; x (2 kB) and the output or cotangent rows (4.6 kB) are
+// gathered from L2 (N = 5k nodes: 2 + 23 MB). The backward also writes dw (4.1 kB) and dy.
+
+// Slot z (conv / sh_conv forward), both modes: chunks staged as in tp_uvu_edge_kernel (stage_edge_chunk:
+// compaction, runs of equal target, SH rows), then a thread per channel sums each run's edges in
+// registers (core::uvu_shape_channel_add) and writes the run's row once — atomic adds, or stores in the
+// deterministic mode's fixed order.
+template <typename T>
+constexpr int kShapedEdgeMinBlocks = sizeof(T) == 4 ? 8 : 1;
+
+template <uint32_t X, uint32_t Y, uint32_t O, typename T, bool SH, int MINB = kShapedEdgeMinBlocks<T>>
+__global__ void __launch_bounds__(kThreads, MINB)
+    tp_uvu_shaped_edge_kernel(TpCall c, const TpPath* __restrict__ paths_g, const T* __restrict__ pw_g,
+                              const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
+                              T* __restrict__ out) {
+  using S = core::UvuShape<X, Y, O>;
+  constexpr int kSize = kMaxEdgeChunk;
+  __shared__ T pw[S::kNumPaths];
+  __shared__ int32_t ints[edge_chunk_ints(kSize)];
+  __shared__ T y_rows[kSize * S::kDimY];
+  EdgeChunk ch;
+  carve_edge_indices(ints, kSize, &ch);
+  ch.y_rows = y_rows;
+  const int32_t mul = static_cast<int32_t>(c.dim_x / S::kDimX);
+  if (threadIdx.x == 0) core::shape_path_weights<S::kNumPaths>(paths_g, pw_g, c.num_paths, mul, pw);  // Python-checked table
+  __syncthreads();
+  const int64_t w_stride = c.shared_w ? 0 : c.num_w;
+  const bool det = c.segmented();
+  const int64_t units = det ? c.nodes + (c.seg_pieces ? c.seg_scratch_rows : 0) : (c.rows + kSize - 1) / kSize;
+  for (int64_t unit = blockIdx.x; unit < units; unit += gridDim.x) {
+    int64_t begin = unit * kSize, end = min(begin + kSize, c.rows), node = unit, row = unit;
+    bool in_scratch = false;
+    if (det && !segment_piece(c, unit, &node, &row, &in_scratch, &begin, &end)) continue;  // uniform over the block
+    T* dst = in_scratch ? static_cast<T*>(c.seg_scratch) : out;
+    for (int64_t k0 = begin;; k0 += kSize) {  // at least once: a node without edges stores zeros
+      const int count = static_cast<int>(min(int64_t(kSize), end - k0));
+      stage_edge_chunk<TpSlot::kZ, T, SH, false>(c, det, node, row, k0, count, nullptr, static_cast<const T*>(nullptr),
+                                                 y, ch);
+      const int valid = ch.runs[*ch.num_runs];
+      if constexpr (!SH) {
+        for (int i = threadIdx.x; i < valid * S::kDimY; i += blockDim.x)
+          y_rows[i] = y[int64_t(ch.edge[i / S::kDimY]) * c.dim_y + i % S::kDimY];
+        __syncthreads();
+      }
+      const Store how = !det ? Store::kAtomicAdd : k0 > begin ? Store::kAdd : Store::kSet;
+      const int num_runs = *ch.num_runs;
+      for (int32_t u = threadIdx.x; u < mul; u += blockDim.x)
+        for (int r = 0; r < num_runs; ++r) {
+          T zu[S::kDimO];
+          for (int k = 0; k < S::kDimO; ++k) zu[k] = T(0);
+          for (int t = ch.runs[r]; t < ch.runs[r + 1]; ++t) {
+            const int64_t e = ch.edge[t];
+            T xu[S::kDimX], yv[S::kDimY], scale[S::kNumPaths];
+            core::shape_gather<X>(x + int64_t(ch.source[t]) * c.dim_x, mul, u, xu);
+            for (int j = 0; j < S::kDimY; ++j) yv[j] = y_rows[t * S::kDimY + j];
+            for (int n = 0; n < S::kNumPaths; ++n) scale[n] = pw[n] * w[e * w_stride + int64_t(n) * mul + u];
+            core::uvu_shape_channel_add<X, Y, O>(xu, yv, scale, zu);
+          }
+          T* row_out = dst + int64_t(ch.run_target[r]) * c.dim_z;
+          core::shape_for_each<O>(mul, u, [&](int64_t at, int k) { store_one(zu[k], row_out + at, how); });
+        }
+      __syncthreads();  // the chunk's staging is reused
+      if (k0 + kSize >= end) break;
+    }
+  }
+}
+
+// The backward of slot z on a graph (the fused y and weight gradients of conv / sh_conv, and with DX the
+// node-feature gradient): per edge, dy (the gradient of the edge's y values: SH values for sh_conv), dw
+// and, with DX, dx[sender] += the edge's x gradient by atomic adds (atomic mode only: the
+// deterministic mode gets dx from the sender-list kernel). core::uvu_shape_channel_grads per channel and
+// edge; each edge's dy partials are summed over a warp's channels (warp_sum_pairs) into shared memory and
+// over the warps once per chunk. dy and dw are written once, in a fixed order (deterministic).
+template <uint32_t X, uint32_t Y, uint32_t O, bool DX, typename T, bool SH>
+__global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
+    tp_uvu_shaped_edge_grads_kernel(TpCall c, const TpPath* __restrict__ paths_g, const T* __restrict__ pw_g,
+                                    const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
+                                    const T* __restrict__ dz, T* __restrict__ dx, T* __restrict__ dy,
+                                    T* __restrict__ dw) {
+  using S = core::UvuShape<X, Y, O>;
+  static_assert(S::kDimY <= kGradsMaxDimY, "y of degrees above 3");
+  constexpr int kSize = kMaxEdgeChunk, kWarps = kThreads / 32;
+  __shared__ T pw[S::kNumPaths];
+  __shared__ int32_t src_x[kSize], src_z[kSize];  // src_x < 0: the edge is dropped
+  __shared__ T y_rows[kSize][S::kDimY];
+  __shared__ T dy_warps[kSize][kWarps][S::kDimY];
+  const int32_t mul = static_cast<int32_t>(c.dim_x / S::kDimX);
+  if (threadIdx.x == 0) core::shape_path_weights<S::kNumPaths>(paths_g, pw_g, c.num_paths, mul, pw);  // Python-checked table
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  const int64_t chunks = (c.rows + kSize - 1) / kSize;
+  for (int64_t chunk = blockIdx.x; chunk < chunks; chunk += gridDim.x) {
+    const int64_t k0 = chunk * kSize;
+    const int count = static_cast<int>(min(int64_t(kSize), c.rows - k0));
+    if (threadIdx.x < count) {
+      const int64_t e = k0 + threadIdx.x;
+      int64_t rx, rz;
+      const bool ok = c.edge_rows(e, &rx, &rz);
+      src_x[threadIdx.x] = ok ? static_cast<int32_t>(rx) : -1;
+      src_z[threadIdx.x] = ok ? static_cast<int32_t>(rz) : -1;
+      if (SH && ok) core::tp_sh_row(c, y + e * 3, y_rows[threadIdx.x]);
+    }
+    if constexpr (!SH)
+      for (int i = threadIdx.x; i < count * S::kDimY; i += blockDim.x)
+        y_rows[i / S::kDimY][i % S::kDimY] = y[(k0 + i / S::kDimY) * c.dim_y + i % S::kDimY];
+    __syncthreads();
+    for (int t = 0; t < count; ++t) {
+      const int64_t e = k0 + t, rx = src_x[t];
+      T dyv[kGradsMaxDimY];
+      for (int j = 0; j < kGradsMaxDimY; ++j) dyv[j] = T(0);
+      if (rx >= 0) {
+        T yv[S::kDimY];
+        for (int j = 0; j < S::kDimY; ++j) yv[j] = y_rows[t][j];
+        const T* wr = w + e * c.num_w;
+        T* dwr = dw + e * c.num_w;
+        for (int32_t u = threadIdx.x; u < mul; u += blockDim.x) {
+          T xu[S::kDimX], dzu[S::kDimO], dxu[S::kDimX];
+          core::shape_gather<X>(x + rx * c.dim_x, mul, u, xu);
+          core::shape_gather<O>(dz + int64_t(src_z[t]) * c.dim_z, mul, u, dzu);
+          core::uvu_shape_channel_grads<X, Y, O, DX>(
+              xu, yv, dzu, pw, [&](int n) { return wr[int64_t(n) * mul + u]; }, dxu, dyv,
+              [&](int n, T v) { dwr[int64_t(n) * mul + u] = v; });
+          if constexpr (DX) {
+            T* dx_row = dx + rx * c.dim_x;
+            core::shape_for_each<X>(mul, u, [&](int64_t at, int k) { atomicAdd(dx_row + at, dxu[k]); });
+          }
+        }
+      } else {  // a dropped edge: zero gradients
+        for (int64_t k = threadIdx.x; k < c.num_w; k += blockDim.x) dw[e * c.num_w + k] = T(0);
+      }
+      const T sum = warp_sum_pairs(dyv);
+      if (lane % 2 == 0 && lane / 2 < S::kDimY) dy_warps[t][warp][lane / 2] = sum;
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < count * S::kDimY; i += blockDim.x) {
+      const int t = i / S::kDimY, j = i % S::kDimY;
+      T total = T(0);
+      for (int k = 0; k < kWarps; ++k) total += dy_warps[t][k][j];
+      dy[(k0 + t) * c.dim_y + j] = total;
+    }
+    __syncthreads();  // the chunk's staging is reused
+  }
+}
+
 // Any problem: thread per output element of the node's row (core::tp_path_element).
 template <TpSlot SLOT, typename T>
 __global__ void __launch_bounds__(kThreads) tp_segment_kernel(TpCall c, const TpPath* __restrict__ paths_g,
@@ -1070,6 +1236,14 @@ bool launch_uvu(cudaStream_t stream, const TpCall& c, const TpPath* paths, const
   return true;
 }
 
+// The multiplicity of a call of compiled shape S, or 0 if the call's widths do not fit it.
+template <typename S>
+int32_t shaped_mul(const TpCall& c) {
+  const int64_t mul = c.dim_x / core::UvuShape<S::X, S::Y, S::O>::kDimX;
+  if (mul > (int64_t(1) << 30) || !core::shape_fits<S::X, S::Y, S::O>(c, static_cast<int32_t>(mul))) return 0;
+  return static_cast<int32_t>(mul);
+}
+
 // Slot z of a plain product whose shape was compiled in (core::uvu_shape_dispatch); false otherwise.
 // The table is in device memory: the call's widths are checked here, the table's weight offsets by
 // Python (tensor_product.py, _uvu_shape) and again by the kernel's first thread.
@@ -1079,8 +1253,7 @@ bool launch_uvu_shaped(cudaStream_t stream, const TpCall& c, const TpPath* paths
   if (c.nodes >= 0 || c.sh_lmax >= 0 || !ops[0] || !ops[1] || !ops[2]) return false;
   return core::uvu_shape_dispatch(c.uvu_shape, [&](auto shape) {
     using S = decltype(shape);
-    const int64_t mul = c.dim_x / core::UvuShape<S::X, S::Y, S::O>::kDimX;
-    if (mul > (int64_t(1) << 30) || !core::shape_fits<S::X, S::Y, S::O>(c, static_cast<int32_t>(mul))) return false;
+    if (shaped_mul<S>(c) == 0) return false;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(c.rows, int64_t(1) << 20));
     tp_uvu_shaped_kernel<S::X, S::Y, S::O, T><<<blocks, kThreads, 0, stream>>>(c, paths, pw, ops[0], ops[1], ops[2], out);
     *err = cudaGetLastError();
@@ -1096,14 +1269,68 @@ bool launch_uvu_shaped_grads(cudaStream_t stream, const TpCall& cy, const TpPath
   if (cy.nodes >= 0 || cy.sh_lmax >= 0 || cy.shared_w || cy.kernel != core::TpKernel::kUvu) return false;
   return core::uvu_shape_dispatch(cy.uvu_shape, [&](auto shape) {
     using S = decltype(shape);
-    const int64_t mul = cy.dim_x / core::UvuShape<S::X, S::Y, S::O>::kDimX;
-    if (mul > (int64_t(1) << 30) || !core::shape_fits<S::X, S::Y, S::O>(cy, static_cast<int32_t>(mul))) return false;
+    if (shaped_mul<S>(cy) == 0) return false;
     *err = cudaSuccess;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(cy.rows, int64_t(1) << 20));
     if (blocks == 0) return true;
     auto kernel = dx ? tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, true, T>
                      : tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, false, T>;
     kernel<<<blocks, kThreads, 0, stream>>>(cy, paths, pw, x, y, w, z, dx, dy, dw);
+    *err = cudaGetLastError();
+    return true;
+  });
+}
+
+// Slot z of a graph call of a compiled shape (tp_uvu_shaped_edge_kernel), both modes; the caller zeroed
+// the output where the mode needs it and adds the deterministic mode's pieces after. False when the call
+// is not one (the caller runs tp_uvu_edge_kernel).
+template <typename T>
+bool launch_uvu_shaped_edges(cudaStream_t stream, const TpCall& c, const TpPath* paths, const T* pw,
+                             const T* const ops[4], T* out, cudaError_t* err) {
+  if (c.uvu_shape == 0 || !ops[0] || !ops[1] || !ops[2] || c.sh_lmax > core::kCgMaxL) return false;
+  return core::uvu_shape_dispatch(c.uvu_shape, [&](auto shape) {
+    using S = decltype(shape);
+    if (shaped_mul<S>(c) == 0) return false;
+    if (c.sh_lmax >= 0 && core::sh_dim(c.sh_lmax) != c.dim_y) return false;
+    const bool det = c.segmented();
+    const int64_t units = det ? c.nodes + (c.seg_pieces ? c.seg_scratch_rows : 0)
+                              : (c.rows + kMaxEdgeChunk - 1) / kMaxEdgeChunk;
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(units, int64_t(1) << 20));
+    *err = cudaSuccess;
+    if (blocks == 0) return true;
+    auto kernel = c.sh_lmax >= 0 ? tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, true>
+                                 : tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, false>;
+    static const bool ab6 = std::getenv("JBM_AB_EDGE_MINB") && std::getenv("JBM_AB_EDGE_MINB")[0] == '6';  // A/B
+    if (ab6 && sizeof(T) == 4)
+      kernel = c.sh_lmax >= 0 ? tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, true, 6>
+                              : tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, false, 6>;
+    kernel<<<blocks, kThreads, 0, stream>>>(c, paths, pw, ops[0], ops[1], ops[2], out);
+    *err = cudaGetLastError();
+    return true;
+  });
+}
+
+// The fused backward of slot z on a graph of a compiled shape (tp_uvu_shaped_edge_grads_kernel): dy, dw
+// and, if dx is non-null, dx [nodes, dim_x] (atomic adds). `c` is the y call with the weight call's view
+// of y. False when the call is not one (the caller runs the other kernels).
+template <typename T>
+bool launch_uvu_shaped_edge_grads(cudaStream_t stream, const TpCall& c, const TpPath* paths, const T* pw, const T* x,
+                                  const T* y, const T* w, const T* z, T* dx, T* dy, T* dw, cudaError_t* err) {
+  if (c.nodes < 0 || c.shared_w || c.kernel != core::TpKernel::kUvu || c.sh_lmax > core::kCgMaxL) return false;
+  return core::uvu_shape_dispatch(c.uvu_shape, [&](auto shape) {
+    using S = decltype(shape);
+    if (shaped_mul<S>(c) == 0) return false;
+    if (c.sh_lmax >= 0 && core::sh_dim(c.sh_lmax) != c.dim_y) return false;
+    *err = dx ? cudaMemsetAsync(dx, 0, c.nodes * c.dim_x * sizeof(T), stream) : cudaSuccess;
+    const unsigned blocks =
+        static_cast<unsigned>(std::min<int64_t>((c.rows + kMaxEdgeChunk - 1) / kMaxEdgeChunk, int64_t(1) << 20));
+    if (*err != cudaSuccess || blocks == 0) return true;
+    const bool sh = c.sh_lmax >= 0;
+    auto kernel = dx ? (sh ? tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, true, T, true>
+                           : tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, true, T, false>)
+                     : (sh ? tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, false, T, true>
+                           : tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, false, T, false>);
+    kernel<<<blocks, kThreads, 0, stream>>>(c, paths, pw, x, y, w, z, dx, dy, dw);
     *err = cudaGetLastError();
     return true;
   });
@@ -1128,14 +1355,18 @@ bool launch_uvu_edges(cudaStream_t stream, const TpCall& c, const TpPath* paths,
     *err = cudaMemsetAsync(c.seg_scratch, 0, c.seg_scratch_rows * c.out_width() * sizeof(T), stream);
     if (*err != cudaSuccess) return true;
   }
-  const int64_t units = det ? c.nodes + (pieces ? c.seg_scratch_rows : 0) : (c.rows + size - 1) / size;
-  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(units, int64_t(1) << 20));
   *err = cudaSuccess;
-  if (blocks == 0) return true;
-  auto kernel = c.sh_lmax >= 0 ? tp_uvu_edge_kernel<SLOT, T, true> : tp_uvu_edge_kernel<SLOT, T, false>;
-  kernel<<<blocks, kThreads, edge_chunk_bytes(c, size, sizeof(T)), stream>>>(c, size, paths, pw, ops[0], ops[1],
-                                                                            ops[2], ops[3], out);
-  *err = cudaGetLastError();
+  bool shaped = false;
+  if constexpr (SLOT == TpSlot::kZ) shaped = launch_uvu_shaped_edges<T>(stream, c, paths, pw, ops, out, err);
+  if (!shaped) {
+    const int64_t units = det ? c.nodes + (pieces ? c.seg_scratch_rows : 0) : (c.rows + size - 1) / size;
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(units, int64_t(1) << 20));
+    if (blocks == 0) return true;
+    auto kernel = c.sh_lmax >= 0 ? tp_uvu_edge_kernel<SLOT, T, true> : tp_uvu_edge_kernel<SLOT, T, false>;
+    kernel<<<blocks, kThreads, edge_chunk_bytes(c, size, sizeof(T)), stream>>>(c, size, paths, pw, ops[0], ops[1],
+                                                                              ops[2], ops[3], out);
+    *err = cudaGetLastError();
+  }
   if (*err == cudaSuccess && pieces) {
     add_segment_pieces<T><<<static_cast<unsigned>(std::min<int64_t>(c.nodes, int64_t(1) << 20)), kThreads, 0, stream>>>(c, out);
     *err = cudaGetLastError();
@@ -1251,15 +1482,14 @@ cudaError_t launch_tp_yw(cudaStream_t stream, const TpCall& cy, const TpCall& cw
                          const T* z, T* dy, T* dw, T* dx) {
   cudaError_t err;
   if (launch_uvu_shaped_grads<T>(stream, cy, paths, pw, x, y, w, z, dx, dy, dw, &err)) return err;
+  if (launch_uvu_shaped_edge_grads<T>(stream, core::with_sh_of(cy, cw), paths, pw, x, y, w, z, dx, dy, dw, &err))
+    return err;
   if (dx) return cudaErrorInvalidValue;  // the handler asks for dx only where the line above serves it
   // Measured on H100 (benchmarks/NOTES.md, session 6): the fused pass wins on graph calls (MACE-medium
   // conv, dy+dw 1.12 ms against 1.66 for the two kernels); the y gradient alone and plain products keep
   // the row kernels until the edge kernel is measured faster there.
   if (cy.nodes >= 0 && cy.rows > 0 && cy.num_items > 0) {
-    TpCall fused = cy;  // slot y, with the weight gradient's view of y (data or SH of edge vectors)
-    fused.sh_lmax = cw.sh_lmax;
-    fused.sh_normalize = cw.sh_normalize;
-    fused.sh_normalization = cw.sh_normalization;
+    const TpCall fused = core::with_sh_of(cy, cw);  // slot y, with the weight gradient's view of y
     if (launch_uvu_edges_y<T>(stream, fused, paths, pw, x, y, w, z, dy, dw, &err)) return err;
   }
   const T* ops_y[4] = {x, nullptr, w, z};

@@ -64,10 +64,11 @@ ffi::Error tp_yw_cpu(ffi::AnyBuffer x, ffi::AnyBuffer y, ffi::AnyBuffer w, ffi::
                                     static_cast<const int32_t*>(cg_ijk.untyped_data()),
                                     static_cast<int64_t>(cg_c.element_count()));
   if (table.failure()) return table;
+  const core::TpCall fused_call = core::with_sh_of(call_y, call_w);
   auto fused = [&](auto zero) {
     using T = decltype(zero);
     auto data = [](const ffi::AnyBuffer& b) { return static_cast<const T*>(b.untyped_data()); };
-    return cpu::tp_grads_uvu_shape<T>(call_y, static_cast<const core::TpPath*>(paths.untyped_data()), data(pw),
+    return cpu::tp_grads_uvu_shape<T>(fused_call, static_cast<const core::TpPath*>(paths.untyped_data()), data(pw),
                                       data(x), data(y), data(w), data(z),
                                       dx->element_count() ? static_cast<T*>(dx->untyped_data()) : nullptr,
                                       static_cast<T*>(dy->untyped_data()), static_cast<T*>(dw->untyped_data()));

@@ -235,9 +235,11 @@ inline xla::ffi::Error check_tp_yw(const xla::ffi::AnyBuffer& x, const xla::ffi:
                    num_items, kernel, zero_fill, num_nodes, sh_lmax, sh_normalize, sh_normalization, yc_width, bufs_w,
                    call_w);
   if (error.failure() || dx.element_count() == 0) return error;
-  if (num_nodes >= 0 || sh_lmax >= 0 || call_y->uvu_shape == 0)
-    return ffi_util::invalid("dx of ", kTpYwOp, " is computed for plain products of a compiled shape only");
-  if (dx.element_type() != x.element_type() || static_cast<int64_t>(dx.element_count()) != call_y->rows * dim_x)
+  if (call_y->uvu_shape == 0)
+    return ffi_util::invalid("dx of ", kTpYwOp, " is computed for products of a compiled shape only");
+  // dx has x's shape: [rows, dim_x], or [num_nodes, dim_x] for a graph call (summed over senders' edges).
+  const int64_t dx_rows = num_nodes >= 0 ? num_nodes : call_y->rows;
+  if (dx.element_type() != x.element_type() || static_cast<int64_t>(dx.element_count()) != dx_rows * dim_x)
     return ffi_util::invalid("dx (output) of ", kTpYwOp, " must have x's dtype and shape, or be empty");
   return error;
 }

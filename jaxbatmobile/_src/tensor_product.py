@@ -648,10 +648,12 @@ _COMPILED_UVU_SHAPES = frozenset(ffi.build_info()["uvu_shapes"])
 
 
 def _xyw_fusable(params, undefined_targets):
-    """Whether the x gradient joins the fused y and weight gradients: the whole backward of a plain
-    product (slot z) of a compiled shape, one pass over x, the cotangent and the weights."""
+    """Whether the x gradient joins the fused y and weight gradients: the whole backward of a product
+    (slot z) of a compiled shape, one pass over x, the cotangent and the weights. On a graph the x
+    gradient is then a scatter to senders by atomic adds, so the deterministic mode keeps its own call
+    (sender lists, a fixed order)."""
     return (_yw_fusable(params, undefined_targets) and SLOT_X in undefined_targets and params["slot"] == SLOT_Z
-            and params["num_nodes"] is None and params["sh"] is None
+            and (params["num_nodes"] is None or not params["deterministic"])
             and params["tables"].uvu_shape in _COMPILED_UVU_SHAPES)
 
 
@@ -701,8 +703,8 @@ batching.primitive_batchers[tp_lin_p] = _lin_batch
 # Operands x, y, w, z (the output slot's cotangent in x's or z's place), then the graph; results
 # (dy, dw) = (slot-y call on x, w, z; slot-w call on x, y, z), per-row weights. y may be edge vectors
 # (sh): only dw reads it, and dy is the gradient with respect to the spherical harmonics' values.
-# with_x (plain products of a compiled shape, z holding the cotangent: _xyw_fusable): also dx, the
-# slot-x call on y, w, z — the whole backward in one pass.
+# with_x (products of a compiled shape, z holding the cotangent: _xyw_fusable): also dx, the slot-x
+# call on y, w, z — the whole backward in one pass (on a graph: summed over each sender's edges).
 
 tp_yw_p = Primitive("jbm_tensor_product_yw")
 tp_yw_p.multiple_results = True
@@ -728,8 +730,8 @@ def _yw_split(*args, **params):
 def _yw_abstract(x, y, w, z, *graph, tables, num_nodes, with_x, **params):
     rows = graph[0].shape if graph else x.shape[:-1]
     dim_x, dim_y, num_w = tables.dims[0], tables.dims[1], tables.dims[3]
-    widths = (dim_y, num_w, dim_x) if with_x else (dim_y, num_w)
-    return [jax.core.ShapedArray(rows + (width,), x.dtype) for width in widths]
+    shapes = [rows + (dim_y,), rows + (num_w,)] + ([x.shape] if with_x else [])  # dx: x's shape (nodes)
+    return [jax.core.ShapedArray(shape, x.dtype) for shape in shapes]
 
 
 def _yw_jvp(primals, tangents, **params):
