@@ -306,19 +306,88 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_kernel(TpCall c, const TpPath
 template <typename T>
 constexpr int kShapedMinBlocks = sizeof(T) == 4 ? 8 : 1;
 
-template <uint32_t X, uint32_t Y, uint32_t O, typename T>
+// Channel accesses by warps. A degree block of a warp's 32 consecutive channels is 32·D contiguous values
+// of a row; a thread reading its channel's D components strides by D across the lanes, so each load
+// instruction touches D times the sectors it uses and the L2 serves every sector D times (ncu of the
+// first version of these kernels: L2 throughput 84% against DRAM 76%). Instead the warp loads the block
+// with consecutive addresses into its shared buffer and each lane reads its channel back (odd strides:
+// no bank conflicts); scatters go the other way. All 32 lanes call these (lanes past `mul` get zeros /
+// store nothing); `buf` holds the warp's 32 · (2 kCgMaxL + 1) values.
+constexpr int kWarpBufElems = 32 * (2 * core::kCgMaxL + 1);
+
+template <uint32_t LIST, typename T>
+__device__ __forceinline__ void warp_shape_gather(const T* row, int32_t mul, int32_t u0, T* buf, T* cu) {
+  const int lane = threadIdx.x % 32;
+  const int32_t n_channels = min(32, mul - u0);
+  core::static_for<core::kCgMaxL + 1>([&](auto l) {
+    constexpr int L = decltype(l)::value, D = 2 * L + 1, OFF = core::shape_offset(LIST, L);
+    if constexpr (core::shape_has(LIST, L)) {
+      const T* src = row + int64_t(mul) * OFF + int64_t(u0) * D;
+      if constexpr (D == 1) {
+        cu[OFF] = lane < n_channels ? src[lane] : T(0);
+      } else {
+        T v[D];
+        for (int k = 0; k < D; ++k) v[k] = k * 32 + lane < n_channels * D ? src[k * 32 + lane] : T(0);
+        for (int k = 0; k < D; ++k) buf[k * 32 + lane] = v[k];
+        __syncwarp();
+        for (int i = 0; i < D; ++i) cu[OFF + i] = buf[lane * D + i];
+        __syncwarp();  // the buffer is reused
+      }
+    }
+  });
+}
+
+// store(pointer, value) for each value of the warp's channels, at consecutive addresses across lanes.
+template <uint32_t LIST, typename T, typename Store>
+__device__ __forceinline__ void warp_shape_scatter(const T* cu, int32_t mul, int32_t u0, T* buf, T* row, Store&& store) {
+  const int lane = threadIdx.x % 32;
+  const int32_t n_channels = min(32, mul - u0);
+  core::static_for<core::kCgMaxL + 1>([&](auto l) {
+    constexpr int L = decltype(l)::value, D = 2 * L + 1, OFF = core::shape_offset(LIST, L);
+    if constexpr (core::shape_has(LIST, L)) {
+      T* dst = row + int64_t(mul) * OFF + int64_t(u0) * D;
+      if constexpr (D == 1) {
+        if (lane < n_channels) store(dst + lane, cu[OFF]);
+      } else {
+        for (int i = 0; i < D; ++i) buf[lane * D + i] = cu[OFF + i];
+        __syncwarp();
+        for (int k = 0; k < D; ++k)
+          if (k * 32 + lane < n_channels * D) store(dst + k * 32 + lane, buf[k * 32 + lane]);
+        __syncwarp();
+      }
+    }
+  });
+}
+
+
+template <uint32_t X, uint32_t Y, uint32_t O, typename T, bool COALESCED = false>
 __global__ void __launch_bounds__(kThreads, kShapedMinBlocks<T>)
     tp_uvu_shaped_kernel(TpCall c, const TpPath* __restrict__ paths_g, const T* __restrict__ pw_g,
                          const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w, T* __restrict__ out) {
   using S = core::UvuShape<X, Y, O>;
   __shared__ T pw[S::kNumPaths];
+  __shared__ T warp_bufs[COALESCED ? kThreads / 32 : 1][COALESCED ? kWarpBufElems : 1];
   const int32_t mul = static_cast<int32_t>(c.dim_x / S::kDimX);
   if (threadIdx.x == 0) core::shape_path_weights<S::kNumPaths>(paths_g, pw_g, c.num_paths, mul, pw);  // Python-checked table
   __syncthreads();
   const int64_t w_stride = c.shared_w ? 0 : c.num_w;
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   for (int64_t r = blockIdx.x; r < c.rows; r += gridDim.x) {
     T yv[S::kDimY];
     for (int j = 0; j < S::kDimY; ++j) yv[j] = y[r * c.dim_y + j];
+    if constexpr (COALESCED) {  // A/B: channel accesses by warps (warp_shape_gather / warp_shape_scatter)
+      T* buf = warp_bufs[warp];
+      for (int32_t u0 = warp * 32; u0 < mul; u0 += blockDim.x) {
+        const int32_t u = u0 + lane;
+        const bool active = u < mul;
+        T xu[S::kDimX], scale[S::kNumPaths], zu[S::kDimO];
+        for (int n = 0; n < S::kNumPaths; ++n) scale[n] = active ? pw[n] * w[r * w_stride + int64_t(n) * mul + u] : T(0);
+        warp_shape_gather<X>(x + r * c.dim_x, mul, u0, buf, xu);
+        core::uvu_shape_channel<X, Y, O>(xu, yv, scale, zu);
+        warp_shape_scatter<O>(zu, mul, u0, buf, out + r * c.dim_z, [](T* p, T v) { *p = v; });
+      }
+      continue;
+    }
     for (int32_t u = threadIdx.x; u < mul; u += blockDim.x) {
       T xu[S::kDimX], scale[S::kNumPaths], zu[S::kDimO];
       core::shape_gather<X>(x + r * c.dim_x, mul, u, xu);
@@ -371,7 +440,7 @@ __device__ T warp_sum_pairs(T (&v)[kGradsMaxDimY]) {
 template <typename T>
 constexpr int kShapedGradsMinBlocks = sizeof(T) == 4 ? 4 : 1;
 
-template <uint32_t X, uint32_t Y, uint32_t O, bool DX, typename T>
+template <uint32_t X, uint32_t Y, uint32_t O, bool DX, typename T, bool COALESCED = false>
 __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
     tp_uvu_shaped_grads_kernel(TpCall c, const TpPath* __restrict__ paths_g, const T* __restrict__ pw_g,
                                const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
@@ -381,6 +450,7 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
   constexpr int kWarps = kThreads / 32;
   __shared__ T pw[S::kNumPaths];
   __shared__ T dy_warps[2][kWarps][S::kDimY];  // two rows' worth: one sync per row (see below)
+  __shared__ T warp_bufs[COALESCED ? kWarps : 1][COALESCED ? kWarpBufElems : 1];
   const int32_t mul = static_cast<int32_t>(c.dim_x / S::kDimX);
   if (threadIdx.x == 0) core::shape_path_weights<S::kNumPaths>(paths_g, pw_g, c.num_paths, mul, pw);  // Python-checked table
   __syncthreads();
@@ -392,7 +462,23 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
     for (int j = 0; j < kGradsMaxDimY; ++j) dyv[j] = T(0);
     const T* wr = w + r * c.num_w;
     T* dwr = dw + r * c.num_w;
-    for (int32_t u = threadIdx.x; u < mul; u += blockDim.x) {
+    if constexpr (COALESCED) {  // A/B: channel accesses by warps (warp_shape_gather / warp_shape_scatter)
+      T* buf = warp_bufs[warp];
+      for (int32_t u0 = warp * 32; u0 < mul; u0 += blockDim.x) {
+        const int32_t u = u0 + lane;
+        const bool active = u < mul;
+        T xu[S::kDimX], dzu[S::kDimO], dxu[S::kDimX];
+        warp_shape_gather<X>(x + r * c.dim_x, mul, u0, buf, xu);
+        warp_shape_gather<O>(dz + r * c.dim_z, mul, u0, buf, dzu);
+        core::uvu_shape_channel_grads<X, Y, O, DX>(
+            xu, yv, dzu, pw, [&](int n) { return active ? wr[int64_t(n) * mul + u] : T(0); }, dxu, dyv,
+            [&](int n, T v) {
+              if (active) dwr[int64_t(n) * mul + u] = v;
+            });
+        if constexpr (DX) warp_shape_scatter<X>(dxu, mul, u0, buf, dx + r * c.dim_x, [](T* p, T v) { *p = v; });
+      }
+    }
+    for (int32_t u = threadIdx.x; u < (COALESCED ? 0 : mul); u += blockDim.x) {
       T xu[S::kDimX], dzu[S::kDimO], dxu[S::kDimX];
       core::shape_gather<X>(x + r * c.dim_x, mul, u, xu);
       core::shape_gather<O>(dz + r * c.dim_z, mul, u, dzu);
@@ -1001,39 +1087,54 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_edge_y_kernel(TpCall c, int c
 // 0.21 ms for E = 150k at 2.9 TB/s), y 64 B; x (2 kB) and the output or cotangent rows (4.6 kB) are
 // gathered from L2 (N = 5k nodes: 2 + 23 MB). The backward also writes dw (4.1 kB) and dy.
 
+// Edges per chunk in atomic mode: as even a split of the edges over whole waves of resident blocks as
+// chunks of at most kMaxEdgeChunk allow, so that no partial last wave holds the kernel (ncu of the first
+// version: 4.4 waves of 32-edge chunks for E = 150k, up to 20% of the time in the tail).
+inline int balanced_chunk(int64_t rows, int64_t resident_blocks) {
+  const int64_t slots = std::max<int64_t>(resident_blocks, 1);
+  const int64_t waves = (rows + slots * kMaxEdgeChunk - 1) / (slots * kMaxEdgeChunk);
+  const int64_t units = std::max<int64_t>(waves, 1) * slots;
+  return static_cast<int>(std::min<int64_t>(std::max<int64_t>((rows + units - 1) / units, 1), kMaxEdgeChunk));
+}
+
 // Slot z (conv / sh_conv forward), both modes: chunks staged as in tp_uvu_edge_kernel (stage_edge_chunk:
-// compaction, runs of equal target, SH rows), then a thread per channel sums each run's edges in
-// registers (core::uvu_shape_channel_add) and writes the run's row once — atomic adds, or stores in the
-// deterministic mode's fixed order.
+// compaction, runs of equal target, SH rows), then each warp takes 32 channels and each lane sums its
+// channel over each run's edges in registers (core::uvu_shape_channel_add) and writes the run's row once
+// — atomic adds, or stores in the deterministic mode's fixed order. `chunk`: edges per chunk in atomic
+// mode (balanced_chunk); node lists are taken kMaxEdgeChunk at a time.
 template <typename T>
 constexpr int kShapedEdgeMinBlocks = sizeof(T) == 4 ? 8 : 1;
 
-template <uint32_t X, uint32_t Y, uint32_t O, typename T, bool SH, int MINB = kShapedEdgeMinBlocks<T>>
-__global__ void __launch_bounds__(kThreads, MINB)
-    tp_uvu_shaped_edge_kernel(TpCall c, const TpPath* __restrict__ paths_g, const T* __restrict__ pw_g,
+template <uint32_t X, uint32_t Y, uint32_t O, typename T, bool SH>
+__global__ void __launch_bounds__(kThreads, kShapedEdgeMinBlocks<T>)
+    tp_uvu_shaped_edge_kernel(TpCall c, int chunk, const TpPath* __restrict__ paths_g, const T* __restrict__ pw_g,
                               const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
                               T* __restrict__ out) {
   using S = core::UvuShape<X, Y, O>;
-  constexpr int kSize = kMaxEdgeChunk;
+  constexpr int kSize = kMaxEdgeChunk, kWarps = kThreads / 32;
   __shared__ T pw[S::kNumPaths];
   __shared__ int32_t ints[edge_chunk_ints(kSize)];
   __shared__ T y_rows[kSize * S::kDimY];
+  __shared__ T warp_bufs[kWarps][kWarpBufElems];
   EdgeChunk ch;
   carve_edge_indices(ints, kSize, &ch);
   ch.y_rows = y_rows;
   const int32_t mul = static_cast<int32_t>(c.dim_x / S::kDimX);
   if (threadIdx.x == 0) core::shape_path_weights<S::kNumPaths>(paths_g, pw_g, c.num_paths, mul, pw);  // Python-checked table
   __syncthreads();
+  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  T* buf = warp_bufs[warp];
   const int64_t w_stride = c.shared_w ? 0 : c.num_w;
   const bool det = c.segmented();
-  const int64_t units = det ? c.nodes + (c.seg_pieces ? c.seg_scratch_rows : 0) : (c.rows + kSize - 1) / kSize;
+  const int step = det ? kSize : chunk;
+  const int64_t units = det ? c.nodes + (c.seg_pieces ? c.seg_scratch_rows : 0) : (c.rows + chunk - 1) / chunk;
   for (int64_t unit = blockIdx.x; unit < units; unit += gridDim.x) {
-    int64_t begin = unit * kSize, end = min(begin + kSize, c.rows), node = unit, row = unit;
+    int64_t begin = unit * chunk, end = min(begin + chunk, c.rows), node = unit, row = unit;
     bool in_scratch = false;
     if (det && !segment_piece(c, unit, &node, &row, &in_scratch, &begin, &end)) continue;  // uniform over the block
     T* dst = in_scratch ? static_cast<T*>(c.seg_scratch) : out;
-    for (int64_t k0 = begin;; k0 += kSize) {  // at least once: a node without edges stores zeros
-      const int count = static_cast<int>(min(int64_t(kSize), end - k0));
+    for (int64_t k0 = begin;; k0 += step) {  // at least once: a node without edges stores zeros
+      const int count = static_cast<int>(min(int64_t(step), end - k0));
       stage_edge_chunk<TpSlot::kZ, T, SH, false>(c, det, node, row, k0, count, nullptr, static_cast<const T*>(nullptr),
                                                  y, ch);
       const int valid = ch.runs[*ch.num_runs];
@@ -1044,23 +1145,26 @@ __global__ void __launch_bounds__(kThreads, MINB)
       }
       const Store how = !det ? Store::kAtomicAdd : k0 > begin ? Store::kAdd : Store::kSet;
       const int num_runs = *ch.num_runs;
-      for (int32_t u = threadIdx.x; u < mul; u += blockDim.x)
+      for (int32_t u0 = warp * 32; u0 < mul; u0 += blockDim.x) {  // warp-uniform: the lanes' channels u0 + lane
+        const int32_t u = u0 + lane;
+        const bool active = u < mul;
         for (int r = 0; r < num_runs; ++r) {
           T zu[S::kDimO];
           for (int k = 0; k < S::kDimO; ++k) zu[k] = T(0);
           for (int t = ch.runs[r]; t < ch.runs[r + 1]; ++t) {
             const int64_t e = ch.edge[t];
-            T xu[S::kDimX], yv[S::kDimY], scale[S::kNumPaths];
-            core::shape_gather<X>(x + int64_t(ch.source[t]) * c.dim_x, mul, u, xu);
-            for (int j = 0; j < S::kDimY; ++j) yv[j] = y_rows[t * S::kDimY + j];
-            for (int n = 0; n < S::kNumPaths; ++n) scale[n] = pw[n] * w[e * w_stride + int64_t(n) * mul + u];
-            core::uvu_shape_channel_add<X, Y, O>(xu, yv, scale, zu);
+            T xu[S::kDimX], scale[S::kNumPaths];
+            for (int n = 0; n < S::kNumPaths; ++n)
+              scale[n] = active ? pw[n] * w[e * w_stride + int64_t(n) * mul + u] : T(0);
+            warp_shape_gather<X>(x + int64_t(ch.source[t]) * c.dim_x, mul, u0, buf, xu);
+            core::uvu_shape_channel_add<X, Y, O>(xu, y_rows + t * S::kDimY, scale, zu);
           }
-          T* row_out = dst + int64_t(ch.run_target[r]) * c.dim_z;
-          core::shape_for_each<O>(mul, u, [&](int64_t at, int k) { store_one(zu[k], row_out + at, how); });
+          warp_shape_scatter<O>(zu, mul, u0, buf, dst + int64_t(ch.run_target[r]) * c.dim_z,
+                                [how](T* p, T v) { store_one(v, p, how); });
         }
+      }
       __syncthreads();  // the chunk's staging is reused
-      if (k0 + kSize >= end) break;
+      if (k0 + step >= end) break;
     }
   }
 }
@@ -1069,11 +1173,12 @@ __global__ void __launch_bounds__(kThreads, MINB)
 // node-feature gradient): per edge, dy (the gradient of the edge's y values: SH values for sh_conv), dw
 // and, with DX, dx[sender] += the edge's x gradient by atomic adds (atomic mode only: the
 // deterministic mode gets dx from the sender-list kernel). core::uvu_shape_channel_grads per channel and
-// edge; each edge's dy partials are summed over a warp's channels (warp_sum_pairs) into shared memory and
-// over the warps once per chunk. dy and dw are written once, in a fixed order (deterministic).
+// edge, a warp per 32 channels as in the forward; each edge's dy partials are summed over a warp's
+// channels (warp_sum_pairs) into shared memory and over the warps once per chunk. dy and dw are written
+// once, in a fixed order (deterministic). `chunk`: edges per chunk (balanced_chunk).
 template <uint32_t X, uint32_t Y, uint32_t O, bool DX, typename T, bool SH>
 __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
-    tp_uvu_shaped_edge_grads_kernel(TpCall c, const TpPath* __restrict__ paths_g, const T* __restrict__ pw_g,
+    tp_uvu_shaped_edge_grads_kernel(TpCall c, int chunk, const TpPath* __restrict__ paths_g, const T* __restrict__ pw_g,
                                     const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
                                     const T* __restrict__ dz, T* __restrict__ dx, T* __restrict__ dy,
                                     T* __restrict__ dw) {
@@ -1084,13 +1189,15 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
   __shared__ int32_t src_x[kSize], src_z[kSize];  // src_x < 0: the edge is dropped
   __shared__ T y_rows[kSize][S::kDimY];
   __shared__ T dy_warps[kSize][kWarps][S::kDimY];
+  __shared__ T warp_bufs[kWarps][kWarpBufElems];
   const int32_t mul = static_cast<int32_t>(c.dim_x / S::kDimX);
   if (threadIdx.x == 0) core::shape_path_weights<S::kNumPaths>(paths_g, pw_g, c.num_paths, mul, pw);  // Python-checked table
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int64_t chunks = (c.rows + kSize - 1) / kSize;
-  for (int64_t chunk = blockIdx.x; chunk < chunks; chunk += gridDim.x) {
-    const int64_t k0 = chunk * kSize;
-    const int count = static_cast<int>(min(int64_t(kSize), c.rows - k0));
+  T* buf = warp_bufs[warp];
+  const int64_t chunks = (c.rows + chunk - 1) / chunk;
+  for (int64_t unit = blockIdx.x; unit < chunks; unit += gridDim.x) {
+    const int64_t k0 = unit * chunk;
+    const int count = static_cast<int>(min(int64_t(chunk), c.rows - k0));
     if (threadIdx.x < count) {
       const int64_t e = k0 + threadIdx.x;
       int64_t rx, rz;
@@ -1112,17 +1219,19 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
         for (int j = 0; j < S::kDimY; ++j) yv[j] = y_rows[t][j];
         const T* wr = w + e * c.num_w;
         T* dwr = dw + e * c.num_w;
-        for (int32_t u = threadIdx.x; u < mul; u += blockDim.x) {
+        for (int32_t u0 = warp * 32; u0 < mul; u0 += blockDim.x) {  // warp-uniform
+          const int32_t u = u0 + lane;
+          const bool active = u < mul;
           T xu[S::kDimX], dzu[S::kDimO], dxu[S::kDimX];
-          core::shape_gather<X>(x + rx * c.dim_x, mul, u, xu);
-          core::shape_gather<O>(dz + int64_t(src_z[t]) * c.dim_z, mul, u, dzu);
+          warp_shape_gather<X>(x + rx * c.dim_x, mul, u0, buf, xu);
+          warp_shape_gather<O>(dz + int64_t(src_z[t]) * c.dim_z, mul, u0, buf, dzu);
           core::uvu_shape_channel_grads<X, Y, O, DX>(
-              xu, yv, dzu, pw, [&](int n) { return wr[int64_t(n) * mul + u]; }, dxu, dyv,
-              [&](int n, T v) { dwr[int64_t(n) * mul + u] = v; });
-          if constexpr (DX) {
-            T* dx_row = dx + rx * c.dim_x;
-            core::shape_for_each<X>(mul, u, [&](int64_t at, int k) { atomicAdd(dx_row + at, dxu[k]); });
-          }
+              xu, yv, dzu, pw, [&](int n) { return active ? wr[int64_t(n) * mul + u] : T(0); }, dxu, dyv,
+              [&](int n, T v) {
+                if (active) dwr[int64_t(n) * mul + u] = v;
+              });
+          if constexpr (DX)
+            warp_shape_scatter<X>(dxu, mul, u0, buf, dx + rx * c.dim_x, [](T* p, T v) { atomicAdd(p, v); });
         }
       } else {  // a dropped edge: zero gradients
         for (int64_t k = threadIdx.x; k < c.num_w; k += blockDim.x) dw[e * c.num_w + k] = T(0);
@@ -1203,6 +1312,19 @@ int device_attribute(int fallback) {
 
 int multiprocessors() { return device_attribute<cudaDevAttrMultiProcessorCount>(132); }
 
+// Blocks of `kernel` (kThreads each, static shared memory only) resident on the whole GPU; the per-SM
+// count is queried once into *cache.
+template <typename Kernel>
+int64_t resident_blocks(Kernel kernel, std::atomic<int>* cache) {
+  int per_sm = cache->load(std::memory_order_relaxed);
+  if (per_sm == 0) {
+    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0) != cudaSuccess || per_sm <= 0)
+      per_sm = 1;
+    cache->store(per_sm, std::memory_order_relaxed);
+  }
+  return int64_t(per_sm) * multiprocessors();
+}
+
 // Largest dynamic shared memory a block may opt in to (48 KiB without opting in).
 size_t smem_optin_limit() {
   return static_cast<size_t>(device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(48 * 1024));
@@ -1255,7 +1377,9 @@ bool launch_uvu_shaped(cudaStream_t stream, const TpCall& c, const TpPath* paths
     using S = decltype(shape);
     if (shaped_mul<S>(c) == 0) return false;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(c.rows, int64_t(1) << 20));
-    tp_uvu_shaped_kernel<S::X, S::Y, S::O, T><<<blocks, kThreads, 0, stream>>>(c, paths, pw, ops[0], ops[1], ops[2], out);
+    static const bool coalesced = std::getenv("JBM_AB_COALESCED") != nullptr;  // A/B
+    auto kernel = coalesced ? tp_uvu_shaped_kernel<S::X, S::Y, S::O, T, true> : tp_uvu_shaped_kernel<S::X, S::Y, S::O, T>;
+    kernel<<<blocks, kThreads, 0, stream>>>(c, paths, pw, ops[0], ops[1], ops[2], out);
     *err = cudaGetLastError();
     return true;
   });
@@ -1273,8 +1397,11 @@ bool launch_uvu_shaped_grads(cudaStream_t stream, const TpCall& cy, const TpPath
     *err = cudaSuccess;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(cy.rows, int64_t(1) << 20));
     if (blocks == 0) return true;
-    auto kernel = dx ? tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, true, T>
-                     : tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, false, T>;
+    static const bool coalesced = std::getenv("JBM_AB_COALESCED") != nullptr;  // A/B
+    auto kernel = dx ? (coalesced ? tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, true, T, true>
+                                  : tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, true, T>)
+                     : (coalesced ? tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, false, T, true>
+                                  : tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, false, T>);
     kernel<<<blocks, kThreads, 0, stream>>>(cy, paths, pw, x, y, w, z, dx, dy, dw);
     *err = cudaGetLastError();
     return true;
@@ -1292,19 +1419,17 @@ bool launch_uvu_shaped_edges(cudaStream_t stream, const TpCall& c, const TpPath*
     using S = decltype(shape);
     if (shaped_mul<S>(c) == 0) return false;
     if (c.sh_lmax >= 0 && core::sh_dim(c.sh_lmax) != c.dim_y) return false;
+    const bool sh = c.sh_lmax >= 0;
+    auto kernel = sh ? tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, true>
+                     : tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, false>;
+    static std::atomic<int> resident[2];  // blocks per SM of each kernel, queried once
     const bool det = c.segmented();
-    const int64_t units = det ? c.nodes + (c.seg_pieces ? c.seg_scratch_rows : 0)
-                              : (c.rows + kMaxEdgeChunk - 1) / kMaxEdgeChunk;
+    const int chunk = det ? kMaxEdgeChunk : balanced_chunk(c.rows, resident_blocks(kernel, &resident[sh]));
+    const int64_t units = det ? c.nodes + (c.seg_pieces ? c.seg_scratch_rows : 0) : (c.rows + chunk - 1) / chunk;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(units, int64_t(1) << 20));
     *err = cudaSuccess;
     if (blocks == 0) return true;
-    auto kernel = c.sh_lmax >= 0 ? tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, true>
-                                 : tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, false>;
-    static const bool ab6 = std::getenv("JBM_AB_EDGE_MINB") && std::getenv("JBM_AB_EDGE_MINB")[0] == '6';  // A/B
-    if (ab6 && sizeof(T) == 4)
-      kernel = c.sh_lmax >= 0 ? tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, true, 6>
-                              : tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, false, 6>;
-    kernel<<<blocks, kThreads, 0, stream>>>(c, paths, pw, ops[0], ops[1], ops[2], out);
+    kernel<<<blocks, kThreads, 0, stream>>>(c, chunk, paths, pw, ops[0], ops[1], ops[2], out);
     *err = cudaGetLastError();
     return true;
   });
@@ -1322,15 +1447,16 @@ bool launch_uvu_shaped_edge_grads(cudaStream_t stream, const TpCall& c, const Tp
     if (shaped_mul<S>(c) == 0) return false;
     if (c.sh_lmax >= 0 && core::sh_dim(c.sh_lmax) != c.dim_y) return false;
     *err = dx ? cudaMemsetAsync(dx, 0, c.nodes * c.dim_x * sizeof(T), stream) : cudaSuccess;
-    const unsigned blocks =
-        static_cast<unsigned>(std::min<int64_t>((c.rows + kMaxEdgeChunk - 1) / kMaxEdgeChunk, int64_t(1) << 20));
-    if (*err != cudaSuccess || blocks == 0) return true;
+    if (*err != cudaSuccess || c.rows == 0) return true;
     const bool sh = c.sh_lmax >= 0;
     auto kernel = dx ? (sh ? tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, true, T, true>
                            : tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, true, T, false>)
                      : (sh ? tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, false, T, true>
                            : tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, false, T, false>);
-    kernel<<<blocks, kThreads, 0, stream>>>(c, paths, pw, x, y, w, z, dx, dy, dw);
+    static std::atomic<int> resident[4];  // blocks per SM of each kernel, queried once
+    const int chunk = balanced_chunk(c.rows, resident_blocks(kernel, &resident[2 * (dx != nullptr) + sh]));
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((c.rows + chunk - 1) / chunk, int64_t(1) << 20));
+    kernel<<<blocks, kThreads, 0, stream>>>(c, chunk, paths, pw, x, y, w, z, dx, dy, dw);
     *err = cudaGetLastError();
     return true;
   });
