@@ -294,10 +294,10 @@ def test_whole_backward_of_compiled_shapes(rng, shape, op, deterministic):
     """The backward of a compiled shape's conv in (node features, edge attributes or vectors, weights):
     in atomic mode one fused call (tp_yw_p with_x: dx scattered to senders from the same pass as dy and
     dw), in deterministic mode dy and dw fused and dx from the sender lists. Against the unfused e3nn-jax
-    reference, with dropped edges, a node that sends nothing, multiplicities of 1 and 40 (one GPU warp
-    and a partial one), fp64 and fp32, and the empty graph."""
+    reference, with dropped edges, a node that sends nothing, multiplicities of 1, 40 and 130 (partial
+    GPU warps, more channels than a block has threads), fp64 and fp32, and the empty graph."""
     l2 = "0e+1o+2e" if shape == "mace-medium" else "0e+1o+2e+3o"
-    for mul, dtype in ((40, np.float64), (1, np.float64), (40, np.float32)):
+    for mul, dtype in ((40, np.float64), (1, np.float64), (40, np.float32), (130, np.float64)):
         i1 = f"{mul}x0e+{mul}x1o" if shape == "mace-medium" else f"{mul}x0e+{mul}x1o+{mul}x2e"
         io = " + ".join(f"{mul}x{ir}" for ir in (l2 if shape == "mace-medium" else SH3).split("+"))
         tp = jb.TensorProduct(i1, SH3, io, jb.channelwise_instructions(i1, SH3, io))

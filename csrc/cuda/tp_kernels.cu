@@ -319,20 +319,24 @@ template <uint32_t LIST, typename T>
 __device__ __forceinline__ void warp_shape_gather(const T* row, int32_t mul, int32_t u0, T* buf, T* cu) {
   const int lane = threadIdx.x % 32;
   const int32_t n_channels = min(32, mul - u0);
+  // Every block's loads first (independent, all in flight at once), then the transposes.
+  T raw[core::shape_dim(LIST)];
   core::static_for<core::kCgMaxL + 1>([&](auto l) {
     constexpr int L = decltype(l)::value, D = 2 * L + 1, OFF = core::shape_offset(LIST, L);
     if constexpr (core::shape_has(LIST, L)) {
       const T* src = row + int64_t(mul) * OFF + int64_t(u0) * D;
-      if constexpr (D == 1) {
-        cu[OFF] = lane < n_channels ? src[lane] : T(0);
-      } else {
-        T v[D];
-        for (int k = 0; k < D; ++k) v[k] = k * 32 + lane < n_channels * D ? src[k * 32 + lane] : T(0);
-        for (int k = 0; k < D; ++k) buf[k * 32 + lane] = v[k];
-        __syncwarp();
-        for (int i = 0; i < D; ++i) cu[OFF + i] = buf[lane * D + i];
-        __syncwarp();  // the buffer is reused
-      }
+      for (int k = 0; k < D; ++k) raw[OFF + k] = k * 32 + lane < n_channels * D ? src[k * 32 + lane] : T(0);
+    }
+  });
+  core::static_for<core::kCgMaxL + 1>([&](auto l) {
+    constexpr int L = decltype(l)::value, D = 2 * L + 1, OFF = core::shape_offset(LIST, L);
+    if constexpr (core::shape_has(LIST, L) && D == 1) {
+      cu[OFF] = raw[OFF];
+    } else if constexpr (core::shape_has(LIST, L)) {
+      for (int k = 0; k < D; ++k) buf[k * 32 + lane] = raw[OFF + k];
+      __syncwarp();
+      for (int i = 0; i < D; ++i) cu[OFF + i] = buf[lane * D + i];
+      __syncwarp();  // the buffer is reused
     }
   });
 }
@@ -360,34 +364,19 @@ __device__ __forceinline__ void warp_shape_scatter(const T* cu, int32_t mul, int
 }
 
 
-template <uint32_t X, uint32_t Y, uint32_t O, typename T, bool COALESCED = false>
+template <uint32_t X, uint32_t Y, uint32_t O, typename T>
 __global__ void __launch_bounds__(kThreads, kShapedMinBlocks<T>)
     tp_uvu_shaped_kernel(TpCall c, const TpPath* __restrict__ paths_g, const T* __restrict__ pw_g,
                          const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w, T* __restrict__ out) {
   using S = core::UvuShape<X, Y, O>;
   __shared__ T pw[S::kNumPaths];
-  __shared__ T warp_bufs[COALESCED ? kThreads / 32 : 1][COALESCED ? kWarpBufElems : 1];
   const int32_t mul = static_cast<int32_t>(c.dim_x / S::kDimX);
   if (threadIdx.x == 0) core::shape_path_weights<S::kNumPaths>(paths_g, pw_g, c.num_paths, mul, pw);  // Python-checked table
   __syncthreads();
   const int64_t w_stride = c.shared_w ? 0 : c.num_w;
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
   for (int64_t r = blockIdx.x; r < c.rows; r += gridDim.x) {
     T yv[S::kDimY];
     for (int j = 0; j < S::kDimY; ++j) yv[j] = y[r * c.dim_y + j];
-    if constexpr (COALESCED) {  // A/B: channel accesses by warps (warp_shape_gather / warp_shape_scatter)
-      T* buf = warp_bufs[warp];
-      for (int32_t u0 = warp * 32; u0 < mul; u0 += blockDim.x) {
-        const int32_t u = u0 + lane;
-        const bool active = u < mul;
-        T xu[S::kDimX], scale[S::kNumPaths], zu[S::kDimO];
-        for (int n = 0; n < S::kNumPaths; ++n) scale[n] = active ? pw[n] * w[r * w_stride + int64_t(n) * mul + u] : T(0);
-        warp_shape_gather<X>(x + r * c.dim_x, mul, u0, buf, xu);
-        core::uvu_shape_channel<X, Y, O>(xu, yv, scale, zu);
-        warp_shape_scatter<O>(zu, mul, u0, buf, out + r * c.dim_z, [](T* p, T v) { *p = v; });
-      }
-      continue;
-    }
     for (int32_t u = threadIdx.x; u < mul; u += blockDim.x) {
       T xu[S::kDimX], scale[S::kNumPaths], zu[S::kDimO];
       core::shape_gather<X>(x + r * c.dim_x, mul, u, xu);
@@ -440,7 +429,7 @@ __device__ T warp_sum_pairs(T (&v)[kGradsMaxDimY]) {
 template <typename T>
 constexpr int kShapedGradsMinBlocks = sizeof(T) == 4 ? 4 : 1;
 
-template <uint32_t X, uint32_t Y, uint32_t O, bool DX, typename T, bool COALESCED = false>
+template <uint32_t X, uint32_t Y, uint32_t O, bool DX, typename T>
 __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
     tp_uvu_shaped_grads_kernel(TpCall c, const TpPath* __restrict__ paths_g, const T* __restrict__ pw_g,
                                const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
@@ -450,7 +439,6 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
   constexpr int kWarps = kThreads / 32;
   __shared__ T pw[S::kNumPaths];
   __shared__ T dy_warps[2][kWarps][S::kDimY];  // two rows' worth: one sync per row (see below)
-  __shared__ T warp_bufs[COALESCED ? kWarps : 1][COALESCED ? kWarpBufElems : 1];
   const int32_t mul = static_cast<int32_t>(c.dim_x / S::kDimX);
   if (threadIdx.x == 0) core::shape_path_weights<S::kNumPaths>(paths_g, pw_g, c.num_paths, mul, pw);  // Python-checked table
   __syncthreads();
@@ -462,23 +450,7 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
     for (int j = 0; j < kGradsMaxDimY; ++j) dyv[j] = T(0);
     const T* wr = w + r * c.num_w;
     T* dwr = dw + r * c.num_w;
-    if constexpr (COALESCED) {  // A/B: channel accesses by warps (warp_shape_gather / warp_shape_scatter)
-      T* buf = warp_bufs[warp];
-      for (int32_t u0 = warp * 32; u0 < mul; u0 += blockDim.x) {
-        const int32_t u = u0 + lane;
-        const bool active = u < mul;
-        T xu[S::kDimX], dzu[S::kDimO], dxu[S::kDimX];
-        warp_shape_gather<X>(x + r * c.dim_x, mul, u0, buf, xu);
-        warp_shape_gather<O>(dz + r * c.dim_z, mul, u0, buf, dzu);
-        core::uvu_shape_channel_grads<X, Y, O, DX>(
-            xu, yv, dzu, pw, [&](int n) { return active ? wr[int64_t(n) * mul + u] : T(0); }, dxu, dyv,
-            [&](int n, T v) {
-              if (active) dwr[int64_t(n) * mul + u] = v;
-            });
-        if constexpr (DX) warp_shape_scatter<X>(dxu, mul, u0, buf, dx + r * c.dim_x, [](T* p, T v) { *p = v; });
-      }
-    }
-    for (int32_t u = threadIdx.x; u < (COALESCED ? 0 : mul); u += blockDim.x) {
+    for (int32_t u = threadIdx.x; u < mul; u += blockDim.x) {
       T xu[S::kDimX], dzu[S::kDimO], dxu[S::kDimX];
       core::shape_gather<X>(x + r * c.dim_x, mul, u, xu);
       core::shape_gather<O>(dz + r * c.dim_z, mul, u, dzu);
@@ -1087,6 +1059,29 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_edge_y_kernel(TpCall c, int c
 // 0.21 ms for E = 150k at 2.9 TB/s), y 64 B; x (2 kB) and the output or cotangent rows (4.6 kB) are
 // gathered from L2 (N = 5k nodes: 2 + 23 MB). The backward also writes dw (4.1 kB) and dy.
 
+// Channel u0 + lane of a row: by the warp (WARP) or each lane on its own (core::shape_gather, strided).
+template <bool WARP, uint32_t LIST, typename T>
+__device__ __forceinline__ void channel_gather(const T* row, int32_t mul, int32_t u0, T* buf, T* cu) {
+  if constexpr (WARP) {
+    warp_shape_gather<LIST>(row, mul, u0, buf, cu);
+  } else {
+    const int32_t u = u0 + threadIdx.x % 32;
+    if (u < mul)
+      core::shape_gather<LIST>(row, mul, u, cu);
+    else
+      for (int i = 0; i < core::shape_dim(LIST); ++i) cu[i] = T(0);
+  }
+}
+template <bool WARP, uint32_t LIST, typename T, typename Store>
+__device__ __forceinline__ void channel_scatter(const T* cu, int32_t mul, int32_t u0, T* buf, T* row, Store&& store) {
+  if constexpr (WARP) {
+    warp_shape_scatter<LIST>(cu, mul, u0, buf, row, store);
+  } else {
+    const int32_t u = u0 + threadIdx.x % 32;
+    if (u < mul) core::shape_for_each<LIST>(mul, u, [&](int64_t at, int k) { store(row + at, cu[k]); });
+  }
+}
+
 // Edges per chunk in atomic mode: as even a split of the edges over whole waves of resident blocks as
 // chunks of at most kMaxEdgeChunk allow, so that no partial last wave holds the kernel (ncu of the first
 // version: 4.4 waves of 32-edge chunks for E = 150k, up to 20% of the time in the tail).
@@ -1105,7 +1100,7 @@ inline int balanced_chunk(int64_t rows, int64_t resident_blocks) {
 template <typename T>
 constexpr int kShapedEdgeMinBlocks = sizeof(T) == 4 ? 8 : 1;
 
-template <uint32_t X, uint32_t Y, uint32_t O, typename T, bool SH>
+template <uint32_t X, uint32_t Y, uint32_t O, typename T, bool SH, bool WARP = true>
 __global__ void __launch_bounds__(kThreads, kShapedEdgeMinBlocks<T>)
     tp_uvu_shaped_edge_kernel(TpCall c, int chunk, const TpPath* __restrict__ paths_g, const T* __restrict__ pw_g,
                               const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
@@ -1156,11 +1151,11 @@ __global__ void __launch_bounds__(kThreads, kShapedEdgeMinBlocks<T>)
             T xu[S::kDimX], scale[S::kNumPaths];
             for (int n = 0; n < S::kNumPaths; ++n)
               scale[n] = active ? pw[n] * w[e * w_stride + int64_t(n) * mul + u] : T(0);
-            warp_shape_gather<X>(x + int64_t(ch.source[t]) * c.dim_x, mul, u0, buf, xu);
+            channel_gather<WARP, X>(x + int64_t(ch.source[t]) * c.dim_x, mul, u0, buf, xu);
             core::uvu_shape_channel_add<X, Y, O>(xu, y_rows + t * S::kDimY, scale, zu);
           }
-          warp_shape_scatter<O>(zu, mul, u0, buf, dst + int64_t(ch.run_target[r]) * c.dim_z,
-                                [how](T* p, T v) { store_one(v, p, how); });
+          channel_scatter<WARP, O>(zu, mul, u0, buf, dst + int64_t(ch.run_target[r]) * c.dim_z,
+                                   [how](T* p, T v) { store_one(v, p, how); });
         }
       }
       __syncthreads();  // the chunk's staging is reused
@@ -1176,7 +1171,7 @@ __global__ void __launch_bounds__(kThreads, kShapedEdgeMinBlocks<T>)
 // edge, a warp per 32 channels as in the forward; each edge's dy partials are summed over a warp's
 // channels (warp_sum_pairs) into shared memory and over the warps once per chunk. dy and dw are written
 // once, in a fixed order (deterministic). `chunk`: edges per chunk (balanced_chunk).
-template <uint32_t X, uint32_t Y, uint32_t O, bool DX, typename T, bool SH>
+template <uint32_t X, uint32_t Y, uint32_t O, bool DX, typename T, bool SH, bool WARP = true>
 __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
     tp_uvu_shaped_edge_grads_kernel(TpCall c, int chunk, const TpPath* __restrict__ paths_g, const T* __restrict__ pw_g,
                                     const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
@@ -1223,15 +1218,15 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
           const int32_t u = u0 + lane;
           const bool active = u < mul;
           T xu[S::kDimX], dzu[S::kDimO], dxu[S::kDimX];
-          warp_shape_gather<X>(x + rx * c.dim_x, mul, u0, buf, xu);
-          warp_shape_gather<O>(dz + int64_t(src_z[t]) * c.dim_z, mul, u0, buf, dzu);
+          channel_gather<WARP, X>(x + rx * c.dim_x, mul, u0, buf, xu);
+          channel_gather<WARP, O>(dz + int64_t(src_z[t]) * c.dim_z, mul, u0, buf, dzu);
           core::uvu_shape_channel_grads<X, Y, O, DX>(
               xu, yv, dzu, pw, [&](int n) { return active ? wr[int64_t(n) * mul + u] : T(0); }, dxu, dyv,
               [&](int n, T v) {
                 if (active) dwr[int64_t(n) * mul + u] = v;
               });
           if constexpr (DX)
-            warp_shape_scatter<X>(dxu, mul, u0, buf, dx + rx * c.dim_x, [](T* p, T v) { atomicAdd(p, v); });
+            channel_scatter<WARP, X>(dxu, mul, u0, buf, dx + rx * c.dim_x, [](T* p, T v) { atomicAdd(p, v); });
         }
       } else {  // a dropped edge: zero gradients
         for (int64_t k = threadIdx.x; k < c.num_w; k += blockDim.x) dw[e * c.num_w + k] = T(0);
@@ -1358,6 +1353,12 @@ bool launch_uvu(cudaStream_t stream, const TpCall& c, const TpPath* paths, const
   return true;
 }
 
+// A/B (temporary): JBM_AB_STRIDED=1 runs the edge kernels of compiled shapes with strided channel accesses.
+inline bool ab_strided() {
+  static const bool on = std::getenv("JBM_AB_STRIDED") && std::getenv("JBM_AB_STRIDED")[0] == '1';
+  return on;
+}
+
 // The multiplicity of a call of compiled shape S, or 0 if the call's widths do not fit it.
 template <typename S>
 int32_t shaped_mul(const TpCall& c) {
@@ -1377,9 +1378,7 @@ bool launch_uvu_shaped(cudaStream_t stream, const TpCall& c, const TpPath* paths
     using S = decltype(shape);
     if (shaped_mul<S>(c) == 0) return false;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(c.rows, int64_t(1) << 20));
-    static const bool coalesced = std::getenv("JBM_AB_COALESCED") != nullptr;  // A/B
-    auto kernel = coalesced ? tp_uvu_shaped_kernel<S::X, S::Y, S::O, T, true> : tp_uvu_shaped_kernel<S::X, S::Y, S::O, T>;
-    kernel<<<blocks, kThreads, 0, stream>>>(c, paths, pw, ops[0], ops[1], ops[2], out);
+    tp_uvu_shaped_kernel<S::X, S::Y, S::O, T><<<blocks, kThreads, 0, stream>>>(c, paths, pw, ops[0], ops[1], ops[2], out);
     *err = cudaGetLastError();
     return true;
   });
@@ -1397,11 +1396,8 @@ bool launch_uvu_shaped_grads(cudaStream_t stream, const TpCall& cy, const TpPath
     *err = cudaSuccess;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(cy.rows, int64_t(1) << 20));
     if (blocks == 0) return true;
-    static const bool coalesced = std::getenv("JBM_AB_COALESCED") != nullptr;  // A/B
-    auto kernel = dx ? (coalesced ? tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, true, T, true>
-                                  : tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, true, T>)
-                     : (coalesced ? tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, false, T, true>
-                                  : tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, false, T>);
+    auto kernel = dx ? tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, true, T>
+                     : tp_uvu_shaped_grads_kernel<S::X, S::Y, S::O, false, T>;
     kernel<<<blocks, kThreads, 0, stream>>>(cy, paths, pw, x, y, w, z, dx, dy, dw);
     *err = cudaGetLastError();
     return true;
@@ -1422,6 +1418,9 @@ bool launch_uvu_shaped_edges(cudaStream_t stream, const TpCall& c, const TpPath*
     const bool sh = c.sh_lmax >= 0;
     auto kernel = sh ? tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, true>
                      : tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, false>;
+    if (ab_strided())
+      kernel = sh ? tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, true, false>
+                  : tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, false, false>;
     static std::atomic<int> resident[2];  // blocks per SM of each kernel, queried once
     const bool det = c.segmented();
     const int chunk = det ? kMaxEdgeChunk : balanced_chunk(c.rows, resident_blocks(kernel, &resident[sh]));
@@ -1453,6 +1452,11 @@ bool launch_uvu_shaped_edge_grads(cudaStream_t stream, const TpCall& c, const Tp
                            : tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, true, T, false>)
                      : (sh ? tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, false, T, true>
                            : tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, false, T, false>);
+    if (ab_strided())
+      kernel = dx ? (sh ? tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, true, T, true, false>
+                        : tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, true, T, false, false>)
+                  : (sh ? tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, false, T, true, false>
+                        : tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, false, T, false, false>);
     static std::atomic<int> resident[4];  // blocks per SM of each kernel, queried once
     const int chunk = balanced_chunk(c.rows, resident_blocks(kernel, &resident[2 * (dx != nullptr) + sh]));
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((c.rows + chunk - 1) / chunk, int64_t(1) << 20));
