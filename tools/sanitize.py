@@ -212,11 +212,11 @@ def conv_cases(problems=("uvu", "uvw"), dtypes=(jnp.float32, jnp.float64)):
                     check(label, f, (x, y, w), dtype)
 
 
-def force_cases(stage, dtypes=(jnp.float32,), dets=(False, True)):
+def force_cases(stage, dtypes=(jnp.float32,), dets=(False, True), problem="uvu"):
     """The force-training step on sh_conv (SH in the kernel), or its first stages alone (stage "energy":
     the conv forward; "forces": the gradient in the positions; "step": the loss's gradient in x and w),
     so that a tool crashing on the step can be bisected (parts force-energy, force-forces, force-step)."""
-    sh_tp = tp_problems()["uvu"]
+    sh_tp = tp_problems()[problem]
     for dtype in dtypes:
         for det in dets:
             nodes, edges = 19, 211
@@ -238,7 +238,7 @@ def force_cases(stage, dtypes=(jnp.float32,), dets=(False, True)):
                 loss = lambda x, w: jnp.sum(jax.grad(energy)(pos, x, w) ** 2)  # noqa: E731
                 return jax.grad(loss, argnums=(0, 1))(x, w)
 
-            label = f"sh_conv force {stage} {jnp.dtype(dtype).name} {'det' if det else 'atomic'}"
+            label = f"sh_conv {problem} force {stage} {jnp.dtype(dtype).name} {'det' if det else 'atomic'}"
             check(label, run, (x, w, pos), dtype)
 
 
@@ -270,6 +270,9 @@ PARTS = {
     "tp": tp_cases,
     "tp-shaped": lambda: tp_cases(("shaped-medium", "shaped-large")),  # the compiled-shape kernels alone
     "conv": lambda: (conv_cases(), force_cases("step", (jnp.float32, jnp.float64))),
+    # the compiled shapes' edge kernels (forward; one-pass backward with dx by atomics, and without)
+    "shaped-conv": lambda: (conv_cases(("shaped-medium", "shaped-large")),
+                            force_cases("step", (jnp.float32, jnp.float64), problem="shaped-medium")),
     "batmobile": batmobile_cases,
 }
 

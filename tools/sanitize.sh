@@ -22,7 +22,7 @@ export XLA_PYTHON_CLIENT_PREALLOCATE=false
 export XLA_FLAGS="${XLA_FLAGS:-} --xla_gpu_autotune_level=0"
 TOOLS=${1:-memcheck,racecheck,initcheck,synccheck}
 # The force steps (sh_conv, three convs deep) one per process: the tool crashed most often in them.
-PARTS=${2:-sh,tp,batmobile,conv-uvu-float32,conv-uvu-float64,conv-uvw-float32,conv-uvw-float64,$(
+PARTS=${2:-sh,tp,batmobile,conv-uvu-float32,conv-uvu-float64,conv-uvw-float32,conv-uvw-float64,shaped-conv,$(
   echo force-step-float{32,64}-{atomic,det} | tr ' ' ,)}
 TAG=${JBM_SANITIZE_TAG:+-$JBM_SANITIZE_TAG}
 export TRIES=${JBM_SANITIZE_TRIES:-3} LOGS="$OUT/sanitize$TAG" REF="$OUT/sanitize$TAG/reference.pkl"

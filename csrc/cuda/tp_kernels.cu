@@ -22,7 +22,6 @@
 // (core::tp_sh_row) and never written to device memory.
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
 
 #include "core/tp_uvu.h"
 #include "core/tp_uvu_shape.h"
@@ -305,64 +304,6 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_kernel(TpCall c, const TpPath
 // 0.473 / 0.438 ms: the loads are issued up front, so more resident warps keep more bytes in flight.
 template <typename T>
 constexpr int kShapedMinBlocks = sizeof(T) == 4 ? 8 : 1;
-
-// Channel accesses by warps. A degree block of a warp's 32 consecutive channels is 32·D contiguous values
-// of a row; a thread reading its channel's D components strides by D across the lanes, so each load
-// instruction touches D times the sectors it uses and the L2 serves every sector D times (ncu of the
-// first version of these kernels: L2 throughput 84% against DRAM 76%). Instead the warp loads the block
-// with consecutive addresses into its shared buffer and each lane reads its channel back (odd strides:
-// no bank conflicts); scatters go the other way. All 32 lanes call these (lanes past `mul` get zeros /
-// store nothing); `buf` holds the warp's 32 · (2 kCgMaxL + 1) values.
-constexpr int kWarpBufElems = 32 * (2 * core::kCgMaxL + 1);
-
-template <uint32_t LIST, typename T>
-__device__ __forceinline__ void warp_shape_gather(const T* row, int32_t mul, int32_t u0, T* buf, T* cu) {
-  const int lane = threadIdx.x % 32;
-  const int32_t n_channels = min(32, mul - u0);
-  // Every block's loads first (independent, all in flight at once), then the transposes.
-  T raw[core::shape_dim(LIST)];
-  core::static_for<core::kCgMaxL + 1>([&](auto l) {
-    constexpr int L = decltype(l)::value, D = 2 * L + 1, OFF = core::shape_offset(LIST, L);
-    if constexpr (core::shape_has(LIST, L)) {
-      const T* src = row + int64_t(mul) * OFF + int64_t(u0) * D;
-      for (int k = 0; k < D; ++k) raw[OFF + k] = k * 32 + lane < n_channels * D ? src[k * 32 + lane] : T(0);
-    }
-  });
-  core::static_for<core::kCgMaxL + 1>([&](auto l) {
-    constexpr int L = decltype(l)::value, D = 2 * L + 1, OFF = core::shape_offset(LIST, L);
-    if constexpr (core::shape_has(LIST, L) && D == 1) {
-      cu[OFF] = raw[OFF];
-    } else if constexpr (core::shape_has(LIST, L)) {
-      for (int k = 0; k < D; ++k) buf[k * 32 + lane] = raw[OFF + k];
-      __syncwarp();
-      for (int i = 0; i < D; ++i) cu[OFF + i] = buf[lane * D + i];
-      __syncwarp();  // the buffer is reused
-    }
-  });
-}
-
-// store(pointer, value) for each value of the warp's channels, at consecutive addresses across lanes.
-template <uint32_t LIST, typename T, typename Store>
-__device__ __forceinline__ void warp_shape_scatter(const T* cu, int32_t mul, int32_t u0, T* buf, T* row, Store&& store) {
-  const int lane = threadIdx.x % 32;
-  const int32_t n_channels = min(32, mul - u0);
-  core::static_for<core::kCgMaxL + 1>([&](auto l) {
-    constexpr int L = decltype(l)::value, D = 2 * L + 1, OFF = core::shape_offset(LIST, L);
-    if constexpr (core::shape_has(LIST, L)) {
-      T* dst = row + int64_t(mul) * OFF + int64_t(u0) * D;
-      if constexpr (D == 1) {
-        if (lane < n_channels) store(dst + lane, cu[OFF]);
-      } else {
-        for (int i = 0; i < D; ++i) buf[lane * D + i] = cu[OFF + i];
-        __syncwarp();
-        for (int k = 0; k < D; ++k)
-          if (k * 32 + lane < n_channels * D) store(dst + k * 32 + lane, buf[k * 32 + lane]);
-        __syncwarp();
-      }
-    }
-  });
-}
-
 
 template <uint32_t X, uint32_t Y, uint32_t O, typename T>
 __global__ void __launch_bounds__(kThreads, kShapedMinBlocks<T>)
@@ -1059,28 +1000,67 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_edge_y_kernel(TpCall c, int c
 // 0.21 ms for E = 150k at 2.9 TB/s), y 64 B; x (2 kB) and the output or cotangent rows (4.6 kB) are
 // gathered from L2 (N = 5k nodes: 2 + 23 MB). The backward also writes dw (4.1 kB) and dy.
 
-// Channel u0 + lane of a row: by the warp (WARP) or each lane on its own (core::shape_gather, strided).
-template <bool WARP, uint32_t LIST, typename T>
-__device__ __forceinline__ void channel_gather(const T* row, int32_t mul, int32_t u0, T* buf, T* cu) {
-  if constexpr (WARP) {
-    warp_shape_gather<LIST>(row, mul, u0, buf, cu);
-  } else {
-    const int32_t u = u0 + threadIdx.x % 32;
-    if (u < mul)
-      core::shape_gather<LIST>(row, mul, u, cu);
-    else
-      for (int i = 0; i < core::shape_dim(LIST); ++i) cu[i] = T(0);
-  }
+// Channel accesses by warps. A degree block of a warp's 32 consecutive channels is 32·D contiguous values
+// of a row; a thread reading its channel's D components strides by D across the lanes, so each load
+// instruction touches D times the sectors it uses and the L2 serves every sector D times (ncu of the
+// first version of these kernels: L2 throughput 84% against DRAM 76%). Instead the warp loads the block
+// with consecutive addresses into its shared buffer and each lane reads its channel back (odd strides:
+// no bank conflicts); scatters go the other way. All 32 lanes call these (lanes past `mul` get zeros /
+// store nothing); `buf` holds the warp's 32 · (2 kCgMaxL + 1) values.
+// Measured (H100, MACE-medium conv, E = 150k): the forward gains (0.338 → 0.312 ms); the backward,
+// which runs at 4 blocks per SM, loses (0.850 → 0.933 ms: the transposes lengthen each edge's chain of
+// dependent steps, and with 16 warps per SM latency is what limits it), and so do the plain products'
+// shaped kernels (MACE-large forward 0.41 → 0.50 ms): those keep strided accesses.
+constexpr int kWarpBufElems = 32 * (2 * core::kCgMaxL + 1);
+
+template <uint32_t LIST, typename T>
+__device__ __forceinline__ void warp_shape_gather(const T* row, int32_t mul, int32_t u0, T* buf, T* cu) {
+  const int lane = threadIdx.x % 32;
+  const int32_t n_channels = min(32, mul - u0);
+  // Every block's loads first (independent, all in flight at once), then the transposes.
+  T raw[core::shape_dim(LIST)];
+  core::static_for<core::kCgMaxL + 1>([&](auto l) {
+    constexpr int L = decltype(l)::value, D = 2 * L + 1, OFF = core::shape_offset(LIST, L);
+    if constexpr (core::shape_has(LIST, L)) {
+      const T* src = row + int64_t(mul) * OFF + int64_t(u0) * D;
+      for (int k = 0; k < D; ++k) raw[OFF + k] = k * 32 + lane < n_channels * D ? src[k * 32 + lane] : T(0);
+    }
+  });
+  core::static_for<core::kCgMaxL + 1>([&](auto l) {
+    constexpr int L = decltype(l)::value, D = 2 * L + 1, OFF = core::shape_offset(LIST, L);
+    if constexpr (core::shape_has(LIST, L) && D == 1) {
+      cu[OFF] = raw[OFF];
+    } else if constexpr (core::shape_has(LIST, L)) {
+      for (int k = 0; k < D; ++k) buf[k * 32 + lane] = raw[OFF + k];
+      __syncwarp();
+      for (int i = 0; i < D; ++i) cu[OFF + i] = buf[lane * D + i];
+      __syncwarp();  // the buffer is reused
+    }
+  });
 }
-template <bool WARP, uint32_t LIST, typename T, typename Store>
-__device__ __forceinline__ void channel_scatter(const T* cu, int32_t mul, int32_t u0, T* buf, T* row, Store&& store) {
-  if constexpr (WARP) {
-    warp_shape_scatter<LIST>(cu, mul, u0, buf, row, store);
-  } else {
-    const int32_t u = u0 + threadIdx.x % 32;
-    if (u < mul) core::shape_for_each<LIST>(mul, u, [&](int64_t at, int k) { store(row + at, cu[k]); });
-  }
+
+// store(pointer, value) for each value of the warp's channels, at consecutive addresses across lanes.
+template <uint32_t LIST, typename T, typename Store>
+__device__ __forceinline__ void warp_shape_scatter(const T* cu, int32_t mul, int32_t u0, T* buf, T* row, Store&& store) {
+  const int lane = threadIdx.x % 32;
+  const int32_t n_channels = min(32, mul - u0);
+  core::static_for<core::kCgMaxL + 1>([&](auto l) {
+    constexpr int L = decltype(l)::value, D = 2 * L + 1, OFF = core::shape_offset(LIST, L);
+    if constexpr (core::shape_has(LIST, L)) {
+      T* dst = row + int64_t(mul) * OFF + int64_t(u0) * D;
+      if constexpr (D == 1) {
+        if (lane < n_channels) store(dst + lane, cu[OFF]);
+      } else {
+        for (int i = 0; i < D; ++i) buf[lane * D + i] = cu[OFF + i];
+        __syncwarp();
+        for (int k = 0; k < D; ++k)
+          if (k * 32 + lane < n_channels * D) store(dst + k * 32 + lane, buf[k * 32 + lane]);
+        __syncwarp();
+      }
+    }
+  });
 }
+
 
 // Edges per chunk in atomic mode: as even a split of the edges over whole waves of resident blocks as
 // chunks of at most kMaxEdgeChunk allow, so that no partial last wave holds the kernel (ncu of the first
@@ -1100,7 +1080,7 @@ inline int balanced_chunk(int64_t rows, int64_t resident_blocks) {
 template <typename T>
 constexpr int kShapedEdgeMinBlocks = sizeof(T) == 4 ? 8 : 1;
 
-template <uint32_t X, uint32_t Y, uint32_t O, typename T, bool SH, bool WARP = true>
+template <uint32_t X, uint32_t Y, uint32_t O, typename T, bool SH>
 __global__ void __launch_bounds__(kThreads, kShapedEdgeMinBlocks<T>)
     tp_uvu_shaped_edge_kernel(TpCall c, int chunk, const TpPath* __restrict__ paths_g, const T* __restrict__ pw_g,
                               const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
@@ -1151,11 +1131,11 @@ __global__ void __launch_bounds__(kThreads, kShapedEdgeMinBlocks<T>)
             T xu[S::kDimX], scale[S::kNumPaths];
             for (int n = 0; n < S::kNumPaths; ++n)
               scale[n] = active ? pw[n] * w[e * w_stride + int64_t(n) * mul + u] : T(0);
-            channel_gather<WARP, X>(x + int64_t(ch.source[t]) * c.dim_x, mul, u0, buf, xu);
+            warp_shape_gather<X>(x + int64_t(ch.source[t]) * c.dim_x, mul, u0, buf, xu);
             core::uvu_shape_channel_add<X, Y, O>(xu, y_rows + t * S::kDimY, scale, zu);
           }
-          channel_scatter<WARP, O>(zu, mul, u0, buf, dst + int64_t(ch.run_target[r]) * c.dim_z,
-                                   [how](T* p, T v) { store_one(v, p, how); });
+          warp_shape_scatter<O>(zu, mul, u0, buf, dst + int64_t(ch.run_target[r]) * c.dim_z,
+                                [how](T* p, T v) { store_one(v, p, how); });
         }
       }
       __syncthreads();  // the chunk's staging is reused
@@ -1168,10 +1148,12 @@ __global__ void __launch_bounds__(kThreads, kShapedEdgeMinBlocks<T>)
 // node-feature gradient): per edge, dy (the gradient of the edge's y values: SH values for sh_conv), dw
 // and, with DX, dx[sender] += the edge's x gradient by atomic adds (atomic mode only: the
 // deterministic mode gets dx from the sender-list kernel). core::uvu_shape_channel_grads per channel and
-// edge, a warp per 32 channels as in the forward; each edge's dy partials are summed over a warp's
-// channels (warp_sum_pairs) into shared memory and over the warps once per chunk. dy and dw are written
-// once, in a fixed order (deterministic). `chunk`: edges per chunk (balanced_chunk).
-template <uint32_t X, uint32_t Y, uint32_t O, bool DX, typename T, bool SH, bool WARP = true>
+// edge, a thread per channel (strided channel accesses: see warp_shape_gather); each edge's dy partials
+// are summed over a warp's channels (warp_sum_pairs) into shared memory and over the warps once per
+// chunk. dy and dw are written once, in a fixed order (deterministic). `chunk`: edges per chunk
+// (balanced_chunk). H100, MACE-medium conv: 0.81-0.85 ms with dx, 0.64-0.71 without (ncu: 590 warp
+// instructions per edge and 32 channels, 40% of issue slots, 16 warps per SM, DRAM 63%).
+template <uint32_t X, uint32_t Y, uint32_t O, bool DX, typename T, bool SH>
 __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
     tp_uvu_shaped_edge_grads_kernel(TpCall c, int chunk, const TpPath* __restrict__ paths_g, const T* __restrict__ pw_g,
                                     const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
@@ -1184,11 +1166,9 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
   __shared__ int32_t src_x[kSize], src_z[kSize];  // src_x < 0: the edge is dropped
   __shared__ T y_rows[kSize][S::kDimY];
   __shared__ T dy_warps[kSize][kWarps][S::kDimY];
-  __shared__ T warp_bufs[kWarps][kWarpBufElems];
   const int32_t mul = static_cast<int32_t>(c.dim_x / S::kDimX);
   if (threadIdx.x == 0) core::shape_path_weights<S::kNumPaths>(paths_g, pw_g, c.num_paths, mul, pw);  // Python-checked table
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  T* buf = warp_bufs[warp];
   const int64_t chunks = (c.rows + chunk - 1) / chunk;
   for (int64_t unit = blockIdx.x; unit < chunks; unit += gridDim.x) {
     const int64_t k0 = unit * chunk;
@@ -1214,19 +1194,17 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
         for (int j = 0; j < S::kDimY; ++j) yv[j] = y_rows[t][j];
         const T* wr = w + e * c.num_w;
         T* dwr = dw + e * c.num_w;
-        for (int32_t u0 = warp * 32; u0 < mul; u0 += blockDim.x) {  // warp-uniform
-          const int32_t u = u0 + lane;
-          const bool active = u < mul;
+        for (int32_t u = threadIdx.x; u < mul; u += blockDim.x) {
           T xu[S::kDimX], dzu[S::kDimO], dxu[S::kDimX];
-          channel_gather<WARP, X>(x + rx * c.dim_x, mul, u0, buf, xu);
-          channel_gather<WARP, O>(dz + int64_t(src_z[t]) * c.dim_z, mul, u0, buf, dzu);
+          core::shape_gather<X>(x + rx * c.dim_x, mul, u, xu);
+          core::shape_gather<O>(dz + int64_t(src_z[t]) * c.dim_z, mul, u, dzu);
           core::uvu_shape_channel_grads<X, Y, O, DX>(
-              xu, yv, dzu, pw, [&](int n) { return active ? wr[int64_t(n) * mul + u] : T(0); }, dxu, dyv,
-              [&](int n, T v) {
-                if (active) dwr[int64_t(n) * mul + u] = v;
-              });
-          if constexpr (DX)
-            channel_scatter<WARP, X>(dxu, mul, u0, buf, dx + rx * c.dim_x, [](T* p, T v) { atomicAdd(p, v); });
+              xu, yv, dzu, pw, [&](int n) { return wr[int64_t(n) * mul + u]; }, dxu, dyv,
+              [&](int n, T v) { dwr[int64_t(n) * mul + u] = v; });
+          if constexpr (DX) {
+            T* dx_row = dx + rx * c.dim_x;
+            core::shape_for_each<X>(mul, u, [&](int64_t at, int k) { atomicAdd(dx_row + at, dxu[k]); });
+          }
         }
       } else {  // a dropped edge: zero gradients
         for (int64_t k = threadIdx.x; k < c.num_w; k += blockDim.x) dw[e * c.num_w + k] = T(0);
@@ -1353,12 +1331,6 @@ bool launch_uvu(cudaStream_t stream, const TpCall& c, const TpPath* paths, const
   return true;
 }
 
-// A/B (temporary): JBM_AB_STRIDED=1 runs the edge kernels of compiled shapes with strided channel accesses.
-inline bool ab_strided() {
-  static const bool on = std::getenv("JBM_AB_STRIDED") && std::getenv("JBM_AB_STRIDED")[0] == '1';
-  return on;
-}
-
 // The multiplicity of a call of compiled shape S, or 0 if the call's widths do not fit it.
 template <typename S>
 int32_t shaped_mul(const TpCall& c) {
@@ -1418,9 +1390,6 @@ bool launch_uvu_shaped_edges(cudaStream_t stream, const TpCall& c, const TpPath*
     const bool sh = c.sh_lmax >= 0;
     auto kernel = sh ? tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, true>
                      : tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, false>;
-    if (ab_strided())
-      kernel = sh ? tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, true, false>
-                  : tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, false, false>;
     static std::atomic<int> resident[2];  // blocks per SM of each kernel, queried once
     const bool det = c.segmented();
     const int chunk = det ? kMaxEdgeChunk : balanced_chunk(c.rows, resident_blocks(kernel, &resident[sh]));
@@ -1452,11 +1421,6 @@ bool launch_uvu_shaped_edge_grads(cudaStream_t stream, const TpCall& c, const Tp
                            : tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, true, T, false>)
                      : (sh ? tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, false, T, true>
                            : tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, false, T, false>);
-    if (ab_strided())
-      kernel = dx ? (sh ? tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, true, T, true, false>
-                        : tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, true, T, false, false>)
-                  : (sh ? tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, false, T, true, false>
-                        : tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, false, T, false, false>);
     static std::atomic<int> resident[4];  // blocks per SM of each kernel, queried once
     const int chunk = balanced_chunk(c.rows, resident_blocks(kernel, &resident[2 * (dx != nullptr) + sh]));
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((c.rows + chunk - 1) / chunk, int64_t(1) << 20));
