@@ -463,8 +463,9 @@ def test_shaped_kernel_matches_e3nn(rng, shape, mul):
 
 
 def test_fused_backward_handler_rejects_dx_without_compiled_shape(tps):
-    """jbm_tp_yw computes dx only for plain products of a compiled shape (Python asks only then); the C++
-    handler checks it again: asked for another problem's dx it returns an error, raised in Python."""
+    """jbm_tp_yw computes dx only for products (plain or graph) of a compiled shape (Python asks only
+    then); the C++ handler checks it again: asked for another problem's dx it returns an error, raised in
+    Python."""
     from jaxbatmobile._src import tensor_product as tpm
 
     tp = tps("nequip-parity")  # channelwise, but not a compiled shape
@@ -477,6 +478,6 @@ def test_fused_backward_handler_rejects_dx_without_compiled_shape(tps):
     outs = [jax.ShapeDtypeStruct((rows, width), np.float64) for width in (dim_y, num_w, dim_x)]
     operands = [jnp.ones((rows, width), np.float64) for width in (dim_x, dim_y, num_w, dim_z)]
     call = jax.ffi.ffi_call("jbm_tp_yw", outs)
-    with pytest.raises(Exception, match="dx of jbm_tp_yw is computed for plain products of a compiled shape only"):
+    with pytest.raises(Exception, match="dx of jbm_tp_yw is computed for products of a compiled shape only"):
         with jax.default_device(jax.devices("cpu")[0]):
             jax.block_until_ready(call(*operands, empty, empty, empty, empty, *consts, **attrs))

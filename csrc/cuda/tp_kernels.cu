@@ -4,7 +4,9 @@
 //
 // * tp_uvu_shaped_kernel / tp_uvu_shaped_grads_kernel (plain products of a compiled shape,
 //   core/tp_uvu_shape.h: MACE-large and MACE-medium): the forward and the whole backward (dx, dy, dw in
-//   one pass) as straight-line code per channel, operands in registers, no tables.
+//   one pass) as straight-line code per channel, operands in registers, no tables; on graphs (the
+//   convolution) tp_uvu_shaped_edge_kernel / tp_uvu_shaped_edge_grads_kernel, the same per-channel code
+//   over chunks of edges (the backward's dx scattered to senders by atomic adds in atomic mode).
 // * tp_uvu_kernel (core::TpKernel::kUvu, the MACE/NequIP/Nequix channelwise problems): the rows of the
 //   three inputs are staged in shared memory with coalesced loads, then threads run over the channels
 //   of each path with compile-time CG blocks (csrc/core/tp_uvu.h), each thread owning its channel's

@@ -41,7 +41,7 @@ ffi::Error tp_cuda(cudaStream_t stream, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi:
 }
 
 // The fused y and weight gradients (one pass on the channelwise kernel, csrc/cuda/tp_kernels.cu), and
-// for plain products of a compiled shape the x gradient in the same pass.
+// for products of a compiled shape the x gradient in the same pass.
 ffi::Error tp_yw_cuda(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer y, ffi::AnyBuffer w, ffi::AnyBuffer z,
                       ffi::AnyBuffer senders, ffi::AnyBuffer receivers, ffi::AnyBuffer seg_offsets,
                       ffi::AnyBuffer seg_edges, ffi::AnyBuffer paths, ffi::AnyBuffer cg_ijk, ffi::AnyBuffer cg_c,

@@ -24,7 +24,11 @@ Two ways to sum over edges on the GPU:
   partial rows are added in a fixed order: still deterministic, and no block holds up the kernel.
 
 On the GPU, channelwise (uvu) products contract y with each path's CG block once per edge in shared
-memory (csrc/core/tp_uvu.h, uvu_contract_y); every channel then runs a small dense product.
+memory (csrc/core/tp_uvu.h, uvu_contract_y); every channel then runs a small dense product. Products of
+a compiled shape (MACE's full channelwise paths, csrc/core/tp_uvu_shape.h) run straight-line
+per-channel code instead, forward and backward; in atomic mode their whole backward (node features,
+edge attributes or vectors, edge weights) is one pass over the edges, the node-feature gradient added
+to the senders' rows with atomic adds (the deterministic mode keeps the sender-list call for it).
 
 When a gradient asks for both edge_attrs (or edge_vectors) and edge_weights, the two come from one
 pass over the edges (tensor_product.tp_yw_p): x, the output cotangent and the weights are read once.
