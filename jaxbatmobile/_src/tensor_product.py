@@ -735,12 +735,13 @@ def _yw_abstract(x, y, w, z, *graph, tables, num_nodes, with_x, **params):
 
 
 def _yw_jvp(primals, tangents, **params):
+    """The primal outputs from the fused call itself (one pass: the force-training step differentiates
+    the forces' fused y and weight gradients once more, so this call runs in its forward); the tangents
+    term by term from the separate calls (their primal binds are dead code, removed by DCE)."""
     graph = list(primals[4:])
-    outs, tans = [], []
-    for pos, ops, p in _yw_calls(*primals, **params):
-        o, t = _jvp(list(ops) + graph, [tangents[i] for i in pos] + [None] * len(graph), **p)
-        outs.append(o)
-        tans.append(t)
+    outs = tp_yw_p.bind(*primals, **params)
+    tans = [_jvp(list(ops) + graph, [tangents[i] for i in pos] + [None] * len(graph), **p)[1]
+            for pos, ops, p in _yw_calls(*primals, **params)]
     return outs, tans
 
 
