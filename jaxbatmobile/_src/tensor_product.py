@@ -543,16 +543,20 @@ def _bind_term(ops, graph, k, t, params):
 
 
 def _jvp(primals, tangents, **params):
+    out = _prim(params["num_nodes"]).bind(*primals, **params)
+    return out, _tangent(primals, tangents, out, **params)
+
+
+def _tangent(primals, tangents, out, **params):
+    """The tangent of the call at ``primals`` whose primal output is ``out``."""
     ops, graph = list(primals[:3]), list(primals[3:])
-    prim = _prim(params["num_nodes"])
-    out = prim.bind(*ops, *graph, **params)
     which = [k for k in range(3) if type(tangents[k]) is not ad.Zero]
     ts = [_operand_tangent(ops, k, tangents[k], params) for k in which]
     if not which:
-        return out, _zero_like(out)
+        return _zero_like(out)
     if len(which) == 1:
-        return out, _bind_term(ops, graph, which[0], ts[0], params)
-    return out, tp_lin_p.bind(*ops, *ts, *graph, which=tuple(which), **params)
+        return _bind_term(ops, graph, which[0], ts[0], params)
+    return tp_lin_p.bind(*ops, *ts, *graph, which=tuple(which), **params)
 
 
 ad.primitive_jvps[tp_p] = _jvp
@@ -737,11 +741,11 @@ def _yw_abstract(x, y, w, z, *graph, tables, num_nodes, with_x, **params):
 def _yw_jvp(primals, tangents, **params):
     """The primal outputs from the fused call itself (one pass: the force-training step differentiates
     the forces' fused y and weight gradients once more, so this call runs in its forward); the tangents
-    term by term from the separate calls (their primal binds are dead code, removed by DCE)."""
+    term by term, as the separate calls' tangents."""
     graph = list(primals[4:])
     outs = tp_yw_p.bind(*primals, **params)
-    tans = [_jvp(list(ops) + graph, [tangents[i] for i in pos] + [None] * len(graph), **p)[1]
-            for pos, ops, p in _yw_calls(*primals, **params)]
+    tans = [_tangent(list(ops) + graph, [tangents[i] for i in pos] + [None] * len(graph), out, **p)
+            for out, (pos, ops, p) in zip(outs, _yw_calls(*primals, **params))]
     return outs, tans
 
 
