@@ -234,8 +234,8 @@ def test_hub_nodes_split_across_blocks(rng, op, deterministic):
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("op", ["conv", "sh_conv", "tp"])
 def test_fused_y_and_weight_gradients(rng, op, dtype):
-    """Gradients in y (or edge vectors) and weights together run as one fused call (tp_yw_p, FFI
-    jbm_tp_yw): compared with the unfused reference, with more channels than a GPU warp has lanes
+    """Gradients in y (or edge vectors) and weights together run as one fused call (tp_grads_p, FFI
+    jbm_tp_grads): compared with the unfused reference, with more channels than a GPU warp has lanes
     (40: two rounds, a partial one), dropped edges, the call's vmap, and the transpose of its VJP."""
     i1, io = "40x0e+40x1o", "40x0e+40x1o+40x2e"
     tp = jb.TensorProduct(i1, SH3, io, jb.channelwise_instructions(i1, SH3, io))
@@ -267,7 +267,7 @@ def test_fused_y_and_weight_gradients(rng, op, dtype):
         args = (xe, y, w)
     dz = rng.normal(size=np.shape(f(*args))).astype(dtype)
     loss = lambda a, y, w: jnp.vdot(f(a, y, w), dz)  # noqa: E731
-    assert "jbm_tensor_product_yw" in str(jax.make_jaxpr(jax.grad(loss, argnums=(1, 2)))(*args))
+    assert "jbm_tensor_product_grads" in str(jax.make_jaxpr(jax.grad(loss, argnums=(1, 2)))(*args))
     got = jax.grad(loss, argnums=(0, 1, 2))(*args)
     want = jax.grad(lambda a, y, w: jnp.vdot(ref(a, y, w), dz.astype(np.float64)), argnums=(0, 1, 2))(*args)
     for g, h in zip(got, want):
@@ -292,8 +292,8 @@ def test_fused_y_and_weight_gradients(rng, op, dtype):
 @pytest.mark.parametrize("shape", ["mace-medium", "mace-large"])
 def test_whole_backward_of_compiled_shapes(rng, shape, op, deterministic):
     """The backward of a compiled shape's conv in (node features, edge attributes or vectors, weights):
-    in atomic mode one fused call (tp_yw_p with_x: dx scattered to senders from the same pass as dy and
-    dw), in deterministic mode dy and dw fused and dx from the sender lists. Against the unfused e3nn-jax
+    in atomic mode one fused call (tp_grads_p with grads (y, w, x): dx scattered to senders from the same
+    pass as dy and dw), in deterministic mode dy and dw fused and dx from the sender lists. Against the unfused e3nn-jax
     reference, with dropped edges, a node that sends nothing, multiplicities of 1, 40 and 130 (partial
     GPU warps, more channels than a block has threads), fp64 and fp32, and the empty graph."""
     l2 = "0e+1o+2e" if shape == "mace-medium" else "0e+1o+2e+3o"
@@ -322,7 +322,7 @@ def test_whole_backward_of_compiled_shapes(rng, shape, op, deterministic):
         dz = rng.normal(size=(n, tp.irreps_out.dim)).astype(dtype)
         loss = lambda *a: jnp.vdot(f(*a), dz)  # noqa: E731
         jaxpr = str(jax.make_jaxpr(jax.grad(loss, argnums=(0, 1, 2)))(*args))
-        assert f"with_x={not deterministic}" in jaxpr
+        assert ("grads=(1, 2)" if deterministic else "grads=(1, 2, 0)") in jaxpr
         got = jax.grad(loss, argnums=(0, 1, 2))(*args)
         want = jax.grad(lambda *a: jnp.vdot(ref(*a), dz.astype(np.float64)), argnums=(0, 1, 2))(*args)
         for g, h in zip(got, want):
@@ -338,6 +338,82 @@ def test_whole_backward_of_compiled_shapes(rng, shape, op, deterministic):
                                       jb.sh_conv(tp, *a, none, none, num_nodes=n, deterministic=deterministic), dz),
                   argnums=(0, 1, 2))(*args0)
     assert [g.shape for g in g0] == [a.shape for a in args0] and not np.any(np.asarray(g0[0]))
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("op", ["conv", "sh_conv"])
+@pytest.mark.parametrize("shape", ["mace-medium", "mace-large"])
+def test_each_gradient_set_of_compiled_shapes(rng, shape, op, deterministic):
+    """Every set of gradients asked of a compiled shape's conv: one alone (a slot x, y or w call: on the
+    GPU the edge-gradient kernel with that one gradient), pairs (in atomic mode {dy, dw} and {dx, dw} one
+    fused pass, {dx, dy} two calls; in deterministic mode dx from the sender lists). Against the unfused
+    e3nn-jax reference with dropped edges, 40 channels (a partial warp), fp64 and fp32."""
+    mul = 40
+    l2 = "0e+1o+2e" if shape == "mace-medium" else SH3
+    i1 = f"{mul}x0e+{mul}x1o" if shape == "mace-medium" else f"{mul}x0e+{mul}x1o+{mul}x2e"
+    io = "+".join(f"{mul}x{ir}" for ir in l2.split("+"))
+    tp = jb.TensorProduct(i1, SH3, io, jb.channelwise_instructions(i1, SH3, io))
+    n, e = 9, 70
+    s, r = _graph(rng, n, e)
+    s[[3, 40]] = [-1, n]  # dropped edges
+    keep = (s >= 0) & (s < n)
+    fused = {(0, 2): "grads=(2, 0)", (1, 2): "grads=(1, 2)"}
+    for k, argnums in enumerate([(0,), (1,), (2,), (0, 1), (0, 2), (1, 2)]):
+        dtype = (np.float64, np.float32)[k % 2]
+        x, y, w = _inputs(rng, tp, n, e, dtype)
+        if op == "conv":
+            f = lambda x, y, w: jb.conv(tp, x, y, w, s, r, num_nodes=n, deterministic=deterministic)  # noqa: E731
+            ref = lambda x, y, w: _ref(tp, x, y[keep], w[keep], s[keep], r[keep], n)  # noqa: E731
+            args = (x, y, w)
+        else:
+            sh = lambda v: reference.spherical_harmonics(jnp.asarray(v, jnp.float64), 3, True, "component")  # noqa: E731
+            f = lambda x, v, w: jb.sh_conv(tp, x, v, w, s, r, num_nodes=n, deterministic=deterministic)  # noqa: E731
+            ref = lambda x, v, w: _ref(tp, x, sh(v)[keep], w[keep], s[keep], r[keep], n)  # noqa: E731
+            args = (x, _vectors(rng, e, dtype), w)
+        dz = rng.normal(size=(n, tp.irreps_out.dim)).astype(dtype)
+        loss = lambda *a: jnp.vdot(f(*a), dz)  # noqa: E731
+        jaxpr = str(jax.make_jaxpr(jax.grad(loss, argnums=argnums))(*args))
+        expected_fused = fused.get(argnums) if not (deterministic and 0 in argnums) else None
+        assert (expected_fused is not None) == ("jbm_tensor_product_grads" in jaxpr), (argnums, jaxpr)
+        if expected_fused:
+            assert expected_fused in jaxpr
+        got = jax.grad(loss, argnums=argnums)(*args)
+        want = jax.grad(lambda *a: jnp.vdot(ref(*a), dz.astype(np.float64)), argnums=argnums)(*args)
+        for i, g, h in zip(argnums, got, want):
+            assert g.dtype == dtype
+            assert_close(g, h, TOL[dtype] * 5)
+            if i > 0:
+                assert not np.any(np.asarray(g)[~keep])
+
+
+def test_force_step_calls_of_compiled_shapes(rng):
+    """The force-training step of sh_conv on a compiled shape in atomic mode runs 7 product calls: the
+    forward, the forces' fused y and weight gradients, then their derivatives — the forward's transpose in
+    (x, w) and the y-gradient call's in (x, w) as fused passes, two second-order forwards and one x
+    gradient — where term-by-term transposes would take 10; its values against the e3nn-jax reference."""
+    tp = _sh_tp("mace-medium")
+    n, e = 8, 24
+    s, r = _graph(rng, n, e)
+    pos = rng.normal(size=(n, 3))
+    x, _, w = _inputs(rng, tp, n, e)
+
+    def step(energy_of):
+        def f(x, w):
+            def energy(pos):
+                vec = pos[r] - pos[s] + 0.1
+                return energy_of(x, vec, w * jnp.exp(-0.01 * jnp.sum(vec**2, -1))[:, None])
+            return jnp.sum(jax.grad(energy)(pos) ** 2)
+        return jax.grad(f, argnums=(0, 1))
+
+    ours = step(lambda x, v, w: jnp.sum(jb.sh_conv(tp, x, v, w, s, r, num_nodes=n)[:, :6] ** 2))
+    jaxpr = str(jax.make_jaxpr(ours)(x, w))
+    assert jaxpr.count("jbm_tensor_product_grads[") == 3 and "grads=(1, 2)" in jaxpr
+    assert jaxpr.count("grads=(2, 0)") == 2
+    assert jaxpr.count("jbm_conv[") == 4
+    ref = step(lambda x, v, w: jnp.sum(_ref(tp, x, reference.spherical_harmonics(v, 3, True, "component"), w, s, r,
+                                            n)[:, :6] ** 2))
+    for a, b in zip(ours(x, w), ref(x, w)):
+        assert_close(a, b, 1e-11)
 
 
 def test_bad_calls(rng):

@@ -403,7 +403,7 @@ def test_compiled_shapes_listed():
 @pytest.mark.parametrize("mul", [1, 40, 130])
 @pytest.mark.parametrize("shape", ["mace-large", "mace-medium"])
 def test_shaped_backward_matches_e3nn(rng, shape, mul):
-    """The backward of compiled shapes in one pass (jbm_tp_yw with dx: core::uvu_shape_channel_grads) at
+    """The backward of compiled shapes in one pass (jbm_tp_grads with dx: core::uvu_shape_channel_grads) at
     multiplicities below, between and above a block's 128 threads: the vjp in (x, y, w) and in (y, w)
     alone against e3nn-jax's, fp64 and fp32, an empty batch, and a second derivative (through the fused
     call's jvp) against e3nn-jax's."""
@@ -423,7 +423,7 @@ def test_shaped_backward_matches_e3nn(rng, shape, mul):
         for a, b in zip(grads_yw, expected[1:]):
             assert_close(a, b, tol)
     jaxpr = str(jax.make_jaxpr(lambda x, y, w: jax.vjp(f, x, y, w)[1](g))(x, y, w))
-    assert "jbm_tensor_product_yw" in jaxpr and "with_x=True" in jaxpr
+    assert "jbm_tensor_product_grads" in jaxpr and "grads=(1, 2, 0)" in jaxpr
     x, y, w = _inputs(rng, tp, (3,), np.float64)
     g = rng.normal(size=(3, tp.irreps_out.dim))
 
@@ -463,7 +463,7 @@ def test_shaped_kernel_matches_e3nn(rng, shape, mul):
 
 
 def test_fused_backward_handler_rejects_dx_without_compiled_shape(tps):
-    """jbm_tp_yw computes dx only for products (plain or graph) of a compiled shape (Python asks only
+    """jbm_tp_grads computes dx only for products (plain or graph) of a compiled shape (Python asks only
     then); the C++ handler checks it again: asked for another problem's dx it returns an error, raised in
     Python."""
     from jaxbatmobile._src import tensor_product as tpm
@@ -477,7 +477,7 @@ def test_fused_backward_handler_rejects_dx_without_compiled_shape(tps):
     empty = jnp.zeros((0,), jnp.int32)
     outs = [jax.ShapeDtypeStruct((rows, width), np.float64) for width in (dim_y, num_w, dim_x)]
     operands = [jnp.ones((rows, width), np.float64) for width in (dim_x, dim_y, num_w, dim_z)]
-    call = jax.ffi.ffi_call("jbm_tp_yw", outs)
-    with pytest.raises(Exception, match="dx of jbm_tp_yw is computed for products of a compiled shape only"):
+    call = jax.ffi.ffi_call("jbm_tp_grads", outs)
+    with pytest.raises(Exception, match="dx of jbm_tp_grads is computed for products of a compiled shape only"):
         with jax.default_device(jax.devices("cpu")[0]):
             jax.block_until_ready(call(*operands, empty, empty, empty, empty, *consts, **attrs))

@@ -89,42 +89,57 @@ JBM_HD void uvu_shape_channel(const T* xu, const T* y, const T* scale, T* zu) {
   uvu_shape_channel_add<X, Y, O>(xu, y, scale, zu);
 }
 
+// Which gradients a backward pass computes (a mask): dx, dy, dw. A single transpose call (slot x, y or w of
+// a graph call) is one bit; the fused backward of a product several.
+enum ShapeGrads : int { kGradX = 1, kGradY = 2, kGradW = 4 };
+// The operands a mask reads: dw reads x and y, dy reads x and the weights, dx y and the weights.
+JBM_HD constexpr bool grads_read_x(int grads) { return grads & (kGradY | kGradW); }
+JBM_HD constexpr bool grads_read_y(int grads) { return grads & (kGradX | kGradW); }
+JBM_HD constexpr bool grads_read_w(int grads) { return grads & (kGradX | kGradY); }
+
 // The backward of slot z for one channel u of one row: given the output cotangent's channel dzu (laid
 // out as the blocks of O), the channel's x components xu, the row's y, the path weights pw[n] and the
-// channel's weights weight(n) = w[row, n · U + u]:
-//     dw[n]    = pw[n] · Σ C x_i y_j dz_k                     (store_dw(n, value), once per path)
-//     dy[j]   += Σ_n pw[n] w[n] Σ C x_i dz_k                   (added: the caller sums the channels)
-//     dxu[i]   = Σ_n pw[n] w[n] Σ C y_j dz_k                   (DX; set, every component written)
-// The three share one pass over each path's CG entries: g_x[i] = Σ C y_j dz_k and g_y[j] = Σ C x_i dz_k,
-// then dw = pw · x · g_x (the weight gradient is the x gradient's contraction with x).
-template <uint32_t X, uint32_t Y, uint32_t O, bool DX, typename T, typename Weight, typename StoreDw>
+// channel's weights weight(n) = w[row, n · U + u], the gradients of GRADS (ShapeGrads):
+//     dw[n]    = pw[n] · Σ C x_i y_j dz_k                     (kGradW: store_dw(n, value), once per path)
+//     dy[j]   += Σ_n pw[n] w[n] Σ C x_i dz_k                   (kGradY: added, the caller sums the channels)
+//     dxu[i]   = Σ_n pw[n] w[n] Σ C y_j dz_k                   (kGradX: set, every component written)
+// They share one pass over each path's CG entries: g_x[i] = Σ C y_j dz_k and g_y[j] = Σ C x_i dz_k, then
+// dw = pw · x · g_x (the weight gradient is the x gradient's contraction with x). Operands a mask does not
+// read (grads_read_*) may be garbage; the sums it does not need are not formed.
+template <uint32_t X, uint32_t Y, uint32_t O, int GRADS, typename T, typename Weight, typename StoreDw>
 JBM_HD void uvu_shape_channel_grads(const T* xu, const T* y, const T* dzu, const T* pw, Weight&& weight, T* dxu, T* dy,
                                     StoreDw&& store_dw) {
   using S = UvuShape<X, Y, O>;
-  if constexpr (DX)
+  constexpr bool kDx = GRADS & kGradX, kDy = GRADS & kGradY, kDw = GRADS & kGradW, kGx = kDx || kDw;
+  if constexpr (kDx)
     for (int i = 0; i < S::kDimX; ++i) dxu[i] = T(0);
   static_for<S::kNumPaths>([&](auto n) {
     constexpr int N = decltype(n)::value;
     constexpr ShapePath p = S::kPaths.path[N];
     constexpr int D1 = 2 * p.l1 + 1, D2 = 2 * p.l2 + 1, OX = shape_offset(X, p.l1), OY = shape_offset(Y, p.l2);
-    const T* xp = xu + OX;
-    const T* yp = y + OY;
+    [[maybe_unused]] const T* xp = xu + OX;  // (the x gradient alone reads no x, the y gradient no y)
+    [[maybe_unused]] const T* yp = y + OY;
     const T* zp = dzu + shape_offset(O, p.lo);
     T gx[D1], gy[D2];
     for (int i = 0; i < D1; ++i) gx[i] = T(0);
     for (int j = 0; j < D2; ++j) gy[j] = T(0);
     CgBlock<p.l1, p.l2, p.lo>::for_each([&](int i, int j, int k, double c) {
       const T a = T(c) * zp[k];
-      gx[i] += a * yp[j];
-      gy[j] += a * xp[i];
+      if constexpr (kGx) gx[i] += a * yp[j];
+      if constexpr (kDy) gy[j] += a * xp[i];
     });
-    T t = T(0);
-    for (int i = 0; i < D1; ++i) t += xp[i] * gx[i];
-    store_dw(N, pw[N] * t);
-    const T s = pw[N] * weight(N);
-    if constexpr (DX)
-      for (int i = 0; i < D1; ++i) dxu[OX + i] += s * gx[i];
-    for (int j = 0; j < D2; ++j) dy[OY + j] += s * gy[j];
+    if constexpr (kDw) {
+      T t = T(0);
+      for (int i = 0; i < D1; ++i) t += xp[i] * gx[i];
+      store_dw(N, pw[N] * t);
+    }
+    if constexpr (kDx || kDy) {
+      const T s = pw[N] * weight(N);
+      if constexpr (kDx)
+        for (int i = 0; i < D1; ++i) dxu[OX + i] += s * gx[i];
+      if constexpr (kDy)
+        for (int j = 0; j < D2; ++j) dy[OY + j] += s * gy[j];
+    }
   });
 }
 

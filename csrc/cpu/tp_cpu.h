@@ -82,58 +82,66 @@ bool tp_row_uvu_shape(const core::TpCall& c, const core::TpPath* paths, const T*
   return true;
 }
 
-// The backward of a full channelwise product in one pass (per-row weights): dy, dw and, if dx is
-// non-null, dx of every row from x, y, w and the output cotangent dz, channel by channel
-// (core::uvu_shape_channel_grads, the GPU's formulas). `c` is the y call, with the weight call's view
-// of y (data, or edge vectors whose spherical harmonics are computed: c.sh_lmax >= 0). Graph calls
-// (c.nodes >= 0): rows are edges, x gathered by sender, dz by receiver, dx [nodes, dim_x] summed over
-// each sender's edges in edge order; a dropped edge (index out of range) has zero dy and dw rows.
-// False, nothing written, if the call is not one of a compiled shape.
+// Gradients of a full channelwise product in one pass (per-row weights): those whose pointer is non-null
+// among dx, dy and dw (core::ShapeGrads masks X|Y|W, Y|W, X|W and X) of every row from x, y, w and the
+// output cotangent dz, channel by channel (core::uvu_shape_channel_grads, the GPU's formulas). `c` is a
+// call with the y operand's view of y (data, or edge vectors whose spherical harmonics are computed:
+// c.sh_lmax >= 0). Graph calls (c.nodes >= 0): rows are edges, x gathered by sender, dz by receiver, dx
+// [nodes, dim_x] summed over each sender's edges in edge order; a dropped edge (index out of range) has
+// zero dy and dw rows. False, nothing written, if the call is not one of a compiled shape or the mask
+// is not one of those.
 template <typename T>
 bool tp_grads_uvu_shape(const core::TpCall& c, const core::TpPath* paths, const T* pw, const T* x, const T* y,
                         const T* w, const T* dz, T* dx, T* dy, T* dw) {
   if (c.shared_w || c.kernel != core::TpKernel::kUvu) return false;
   if (c.sh_lmax > core::kTpShMaxL || (c.sh_lmax >= 0 && core::sh_dim(c.sh_lmax) != c.dim_y)) return false;
+  const int grads = (dx ? core::kGradX : 0) | (dy ? core::kGradY : 0) | (dw ? core::kGradW : 0);
   return core::uvu_shape_dispatch(c.uvu_shape, [&](auto shape) {
     using Sh = decltype(shape);
     using S = core::UvuShape<Sh::X, Sh::Y, Sh::O>;
     const int32_t mul = c.num_paths > 0 ? paths[0].mul1 : 0;
-    T pw_by_index[S::kNumPaths], xu[S::kDimX], dzu[S::kDimO], dxu[S::kDimX], sh[core::sh_dim(core::kTpShMaxL)];
+    T pw_by_index[S::kNumPaths];
     if (!core::shape_fits<Sh::X, Sh::Y, Sh::O>(c, mul) ||
         !core::shape_path_weights<S::kNumPaths>(paths, pw, c.num_paths, mul, pw_by_index))
       return false;
-    if (dx) std::fill(dx, dx + (c.nodes >= 0 ? c.nodes : c.rows) * c.dim_x, T(0));
-    for (int64_t r = 0; r < c.rows; ++r) {
-      T* dwr = dw + r * c.num_w;
-      T* dyr = dy + r * c.dim_y;
-      std::fill(dyr, dyr + c.dim_y, T(0));
-      int64_t rx, rz;
-      if (!c.edge_rows(r, &rx, &rz)) {
-        std::fill(dwr, dwr + c.num_w, T(0));
-        continue;
-      }
-      const T* yr = y + r * c.y_width();
-      if (c.sh_lmax >= 0) {
-        core::tp_sh_row(c, yr, sh);
-        yr = sh;
-      }
-      const T* wr = w + r * c.num_w;
-      for (int32_t u = 0; u < mul; ++u) {
-        core::shape_gather<Sh::X>(x + rx * c.dim_x, mul, u, xu);
-        core::shape_gather<Sh::O>(dz + rz * c.dim_z, mul, u, dzu);
-        const auto weight = [&](int n) { return wr[int64_t(n) * mul + u]; };
-        const auto store_dw = [&](int n, T v) { dwr[int64_t(n) * mul + u] = v; };
-        if (dx) {
-          core::uvu_shape_channel_grads<Sh::X, Sh::Y, Sh::O, true>(xu, yr, dzu, pw_by_index, weight, dxu, dyr,
-                                                                   store_dw);
-          core::shape_scatter<Sh::X, true>(dxu, mul, u, dx + rx * c.dim_x);
-        } else {
-          core::uvu_shape_channel_grads<Sh::X, Sh::Y, Sh::O, false>(xu, yr, dzu, pw_by_index, weight, dxu, dyr,
-                                                                    store_dw);
+    auto run = [&](auto mask) {
+      constexpr int kGrads = decltype(mask)::value;
+      T xu[S::kDimX], dzu[S::kDimO], dxu[S::kDimX], sh[core::sh_dim(core::kTpShMaxL)];
+      if (dx) std::fill(dx, dx + (c.nodes >= 0 ? c.nodes : c.rows) * c.dim_x, T(0));
+      for (int64_t r = 0; r < c.rows; ++r) {
+        T* dwr = dw ? dw + r * c.num_w : nullptr;
+        T* dyr = dy ? dy + r * c.dim_y : nullptr;
+        if (dyr) std::fill(dyr, dyr + c.dim_y, T(0));
+        int64_t rx, rz;
+        if (!c.edge_rows(r, &rx, &rz)) {
+          if (dwr) std::fill(dwr, dwr + c.num_w, T(0));
+          continue;
+        }
+        const T* yr = y + r * c.y_width();
+        if (c.sh_lmax >= 0) {
+          core::tp_sh_row(c, yr, sh);
+          yr = sh;
+        }
+        const T* wr = w + r * c.num_w;
+        for (int32_t u = 0; u < mul; ++u) {
+          core::shape_gather<Sh::X>(x + rx * c.dim_x, mul, u, xu);
+          core::shape_gather<Sh::O>(dz + rz * c.dim_z, mul, u, dzu);
+          core::uvu_shape_channel_grads<Sh::X, Sh::Y, Sh::O, kGrads>(
+              xu, yr, dzu, pw_by_index, [&](int n) { return wr[int64_t(n) * mul + u]; }, dxu, dyr,
+              [&](int n, T v) { dwr[int64_t(n) * mul + u] = v; });
+          if constexpr ((kGrads & core::kGradX) != 0) core::shape_scatter<Sh::X, true>(dxu, mul, u, dx + rx * c.dim_x);
         }
       }
+      return true;
+    };
+    using core::kGradX, core::kGradY, core::kGradW, core::IntC;
+    switch (grads) {
+      case kGradX | kGradY | kGradW: return run(IntC<kGradX | kGradY | kGradW>{});
+      case kGradY | kGradW: return run(IntC<kGradY | kGradW>{});
+      case kGradX | kGradW: return run(IntC<kGradX | kGradW>{});
+      case kGradX: return run(IntC<kGradX>{});  // (a graph without edges asked for dx and dw)
+      default: return false;
     }
-    return true;
   });
 }
 

@@ -397,7 +397,7 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
       T xu[S::kDimX], dzu[S::kDimO], dxu[S::kDimX];
       core::shape_gather<X>(x + r * c.dim_x, mul, u, xu);
       core::shape_gather<O>(dz + r * c.dim_z, mul, u, dzu);
-      core::uvu_shape_channel_grads<X, Y, O, DX>(
+      core::uvu_shape_channel_grads<X, Y, O, core::kGradY | core::kGradW | (DX ? core::kGradX : 0)>(
           xu, yv, dzu, pw, [&](int n) { return wr[int64_t(n) * mul + u]; }, dxu, dyv,
           [&](int n, T v) { dwr[int64_t(n) * mul + u] = v; });
       if constexpr (DX) core::shape_scatter<X, false>(dxu, mul, u, dx + r * c.dim_x);
@@ -1146,16 +1146,18 @@ __global__ void __launch_bounds__(kThreads, kShapedEdgeMinBlocks<T>)
   }
 }
 
-// The backward of slot z on a graph (the fused y and weight gradients of conv / sh_conv, and with DX the
-// node-feature gradient): per edge, dy (the gradient of the edge's y values: SH values for sh_conv), dw
-// and, with DX, dx[sender] += the edge's x gradient by atomic adds (atomic mode only: the
-// deterministic mode gets dx from the sender-list kernel). core::uvu_shape_channel_grads per channel and
-// edge, a thread per channel (strided channel accesses: see warp_shape_gather); each edge's dy partials
-// are summed over a warp's channels (warp_sum_pairs) into shared memory and over the warps once per
-// chunk. dy and dw are written once, in a fixed order (deterministic). `chunk`: edges per chunk
-// (balanced_chunk). H100, MACE-medium conv: 0.81-0.85 ms with dx, 0.64-0.71 without (ncu: 590 warp
-// instructions per edge and 32 channels, 40% of issue slots, 16 warps per SM, DRAM 63%).
-template <uint32_t X, uint32_t Y, uint32_t O, bool DX, typename T, bool SH>
+// Gradients of a graph call of a compiled shape, per edge: GRADS (core::ShapeGrads) among dy (the gradient
+// of the edge's y values: SH values for sh_conv), dw, and dx[sender] += the edge's x gradient by atomic
+// adds (atomic mode only: the deterministic mode gets dx from the sender-list kernel). All three are the
+// whole backward of conv / sh_conv in one pass; a single one is a transpose call of its own (slot x, y or
+// w: the force-training step's second-order calls); only the operands the mask reads are loaded
+// (core::grads_read_*). core::uvu_shape_channel_grads per channel and edge, a thread per channel (strided
+// channel accesses: see warp_shape_gather); each edge's dy partials are summed over a warp's channels
+// (warp_sum_pairs) into shared memory and over the warps once per chunk. dy and dw are written once, in
+// a fixed order (deterministic). `chunk`: edges per chunk (balanced_chunk). H100, MACE-medium conv, the
+// whole backward: 0.81-0.85 ms with dx, 0.64-0.71 without (ncu: 590 warp instructions per edge and 32
+// channels, 40% of issue slots, 16 warps per SM, DRAM 63%).
+template <uint32_t X, uint32_t Y, uint32_t O, int GRADS, typename T, bool SH>
 __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
     tp_uvu_shaped_edge_grads_kernel(TpCall c, int chunk, const TpPath* __restrict__ paths_g, const T* __restrict__ pw_g,
                                     const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
@@ -1163,11 +1165,14 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
                                     T* __restrict__ dw) {
   using S = core::UvuShape<X, Y, O>;
   static_assert(S::kDimY <= kGradsMaxDimY, "y of degrees above 3");
+  constexpr bool kDx = GRADS & core::kGradX, kDy = GRADS & core::kGradY, kDw = GRADS & core::kGradW;
+  constexpr bool kReadX = core::grads_read_x(GRADS), kReadY = core::grads_read_y(GRADS);
+  static_assert(kReadY || !SH, "edge vectors are read only by masks that read y");
   constexpr int kSize = kMaxEdgeChunk, kWarps = kThreads / 32;
   __shared__ T pw[S::kNumPaths];
   __shared__ int32_t src_x[kSize], src_z[kSize];  // src_x < 0: the edge is dropped
-  __shared__ T y_rows[kSize][S::kDimY];
-  __shared__ T dy_warps[kSize][kWarps][S::kDimY];
+  __shared__ T y_rows[kReadY ? kSize : 1][S::kDimY];
+  __shared__ T dy_warps[kDy ? kSize : 1][kWarps][S::kDimY];
   const int32_t mul = static_cast<int32_t>(c.dim_x / S::kDimX);
   if (threadIdx.x == 0) core::shape_path_weights<S::kNumPaths>(paths_g, pw_g, c.num_paths, mul, pw);  // Python-checked table
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -1183,7 +1188,7 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
       src_z[threadIdx.x] = ok ? static_cast<int32_t>(rz) : -1;
       if (SH && ok) core::tp_sh_row(c, y + e * 3, y_rows[threadIdx.x]);
     }
-    if constexpr (!SH)
+    if constexpr (kReadY && !SH)
       for (int i = threadIdx.x; i < count * S::kDimY; i += blockDim.x)
         y_rows[i / S::kDimY][i % S::kDimY] = y[(k0 + i / S::kDimY) * c.dim_y + i % S::kDimY];
     __syncthreads();
@@ -1193,35 +1198,39 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
       for (int j = 0; j < kGradsMaxDimY; ++j) dyv[j] = T(0);
       if (rx >= 0) {
         T yv[S::kDimY];
-        for (int j = 0; j < S::kDimY; ++j) yv[j] = y_rows[t][j];
+        for (int j = 0; j < S::kDimY; ++j) yv[j] = kReadY ? y_rows[kReadY ? t : 0][j] : T(0);
         const T* wr = w + e * c.num_w;
         T* dwr = dw + e * c.num_w;
         for (int32_t u = threadIdx.x; u < mul; u += blockDim.x) {
           T xu[S::kDimX], dzu[S::kDimO], dxu[S::kDimX];
-          core::shape_gather<X>(x + rx * c.dim_x, mul, u, xu);
+          if constexpr (kReadX) core::shape_gather<X>(x + rx * c.dim_x, mul, u, xu);
           core::shape_gather<O>(dz + int64_t(src_z[t]) * c.dim_z, mul, u, dzu);
-          core::uvu_shape_channel_grads<X, Y, O, DX>(
+          core::uvu_shape_channel_grads<X, Y, O, GRADS>(
               xu, yv, dzu, pw, [&](int n) { return wr[int64_t(n) * mul + u]; }, dxu, dyv,
               [&](int n, T v) { dwr[int64_t(n) * mul + u] = v; });
-          if constexpr (DX) {
+          if constexpr (kDx) {
             T* dx_row = dx + rx * c.dim_x;
             core::shape_for_each<X>(mul, u, [&](int64_t at, int k) { atomicAdd(dx_row + at, dxu[k]); });
           }
         }
-      } else {  // a dropped edge: zero gradients
+      } else if constexpr (kDw) {  // a dropped edge: zero gradients (dy: the zero partials below)
         for (int64_t k = threadIdx.x; k < c.num_w; k += blockDim.x) dw[e * c.num_w + k] = T(0);
       }
-      const T sum = warp_sum_pairs(dyv);
-      if (lane % 2 == 0 && lane / 2 < S::kDimY) dy_warps[t][warp][lane / 2] = sum;
+      if constexpr (kDy) {
+        const T sum = warp_sum_pairs(dyv);
+        if (lane % 2 == 0 && lane / 2 < S::kDimY) dy_warps[t][warp][lane / 2] = sum;
+      }
     }
     __syncthreads();
-    for (int i = threadIdx.x; i < count * S::kDimY; i += blockDim.x) {
-      const int t = i / S::kDimY, j = i % S::kDimY;
-      T total = T(0);
-      for (int k = 0; k < kWarps; ++k) total += dy_warps[t][k][j];
-      dy[(k0 + t) * c.dim_y + j] = total;
+    if constexpr (kDy) {
+      for (int i = threadIdx.x; i < count * S::kDimY; i += blockDim.x) {
+        const int t = i / S::kDimY, j = i % S::kDimY;
+        T total = T(0);
+        for (int k = 0; k < kWarps; ++k) total += dy_warps[t][k][j];
+        dy[(k0 + t) * c.dim_y + j] = total;
+      }
+      __syncthreads();  // the chunk's staging is reused
     }
-    __syncthreads();  // the chunk's staging is reused
   }
 }
 
@@ -1405,31 +1414,69 @@ bool launch_uvu_shaped_edges(cudaStream_t stream, const TpCall& c, const TpPath*
   });
 }
 
-// The fused backward of slot z on a graph of a compiled shape (tp_uvu_shaped_edge_grads_kernel): dy, dw
-// and, if dx is non-null, dx [nodes, dim_x] (atomic adds). `c` is the y call with the weight call's view
-// of y. False when the call is not one (the caller runs the other kernels).
+// tp_uvu_shaped_edge_grads_kernel<..., GRADS, T, SH> of shape S: the masks launched (the whole backward with
+// and without dx, the pairs of the force-training step's transposes, and each gradient alone; SH only
+// where the mask reads y); null for any other mask.
+template <typename S, typename T>
+using EdgeGradsKernel = void (*)(TpCall, int, const TpPath*, const T*, const T*, const T*, const T*, const T*, T*, T*,
+                                 T*);
+template <typename S, typename T, int GRADS>
+EdgeGradsKernel<S, T> edge_grads_kernel_for(bool sh) {
+  if constexpr (core::grads_read_y(GRADS))
+    if (sh) return tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, GRADS, T, true>;
+  return tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, GRADS, T, false>;  // (y unread: how it is given is moot)
+}
+template <typename S, typename T>
+EdgeGradsKernel<S, T> edge_grads_kernel(int grads, bool sh) {
+  using core::kGradX, core::kGradY, core::kGradW;
+  switch (grads) {
+    case kGradX | kGradY | kGradW: return edge_grads_kernel_for<S, T, kGradX | kGradY | kGradW>(sh);
+    case kGradY | kGradW: return edge_grads_kernel_for<S, T, kGradY | kGradW>(sh);
+    case kGradX | kGradW: return edge_grads_kernel_for<S, T, kGradX | kGradW>(sh);
+    case kGradX: return edge_grads_kernel_for<S, T, kGradX>(sh);
+    case kGradY: return edge_grads_kernel_for<S, T, kGradY>(sh);
+    case kGradW: return edge_grads_kernel_for<S, T, kGradW>(sh);
+    default: return nullptr;
+  }
+}
+
+// Gradients of a graph call of a compiled shape (tp_uvu_shaped_edge_grads_kernel): those whose pointer
+// is non-null among dx [nodes, dim_x] (atomic adds), dy and dw; the operands they do not read may be
+// null. `c` is a call with the y operand's view of y (edge vectors when c.sh_lmax >= 0). False when the
+// call is not one (the caller runs the other kernels).
 template <typename T>
 bool launch_uvu_shaped_edge_grads(cudaStream_t stream, const TpCall& c, const TpPath* paths, const T* pw, const T* x,
                                   const T* y, const T* w, const T* z, T* dx, T* dy, T* dw, cudaError_t* err) {
   if (c.nodes < 0 || c.shared_w || c.kernel != core::TpKernel::kUvu || c.sh_lmax > core::kCgMaxL) return false;
+  const int grads = (dx ? core::kGradX : 0) | (dy ? core::kGradY : 0) | (dw ? core::kGradW : 0);
   return core::uvu_shape_dispatch(c.uvu_shape, [&](auto shape) {
     using S = decltype(shape);
     if (shaped_mul<S>(c) == 0) return false;
-    if (c.sh_lmax >= 0 && core::sh_dim(c.sh_lmax) != c.dim_y) return false;
+    const bool sh = c.sh_lmax >= 0;
+    if (sh && core::sh_dim(c.sh_lmax) != c.dim_y) return false;
+    const EdgeGradsKernel<S, T> kernel = edge_grads_kernel<S, T>(grads, sh);
+    if (kernel == nullptr) return false;
     *err = dx ? cudaMemsetAsync(dx, 0, c.nodes * c.dim_x * sizeof(T), stream) : cudaSuccess;
     if (*err != cudaSuccess || c.rows == 0) return true;
-    const bool sh = c.sh_lmax >= 0;
-    auto kernel = dx ? (sh ? tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, true, T, true>
-                           : tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, true, T, false>)
-                     : (sh ? tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, false, T, true>
-                           : tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, false, T, false>);
-    static std::atomic<int> resident[4];  // blocks per SM of each kernel, queried once
-    const int chunk = balanced_chunk(c.rows, resident_blocks(kernel, &resident[2 * (dx != nullptr) + sh]));
+    static std::atomic<int> resident[8][2];  // blocks per SM of each kernel, queried once
+    const int chunk = balanced_chunk(c.rows, resident_blocks(kernel, &resident[grads][sh]));
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((c.rows + chunk - 1) / chunk, int64_t(1) << 20));
     kernel<<<blocks, kThreads, 0, stream>>>(c, chunk, paths, pw, x, y, w, z, dx, dy, dw);
     *err = cudaGetLastError();
     return true;
   });
+}
+
+// Slot x (atomic mode), y or w of a graph call of a compiled shape on its own: the edge-gradient kernel
+// with that one gradient. False when the call is not one.
+template <TpSlot SLOT, typename T>
+bool launch_uvu_shaped_edge_slot(cudaStream_t stream, const TpCall& c, const TpPath* paths, const T* pw,
+                                 const T* const ops[4], T* out, cudaError_t* err) {
+  if (c.segmented()) return false;  // the deterministic mode's x gradient: sender lists, a fixed order
+  T* grads[3] = {nullptr, nullptr, nullptr};  // dx, dy, dw
+  grads[static_cast<int>(SLOT)] = out;
+  return launch_uvu_shaped_edge_grads<T>(stream, c, paths, pw, ops[0], ops[1], ops[2], ops[3], grads[0], grads[1],
+                                         grads[2], err);
 }
 
 // Slots z and x (both modes) and w (per-edge weights) of a graph call on the channelwise kernel. Returns
@@ -1490,7 +1537,7 @@ bool launch_uvu_edges_y(cudaStream_t stream, const TpCall& c, const TpPath* path
   }
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((c.rows + size - 1) / size, int64_t(1) << 20));
   if (blocks == 0) return true;
-  // (W_GRAD = false, the y gradient alone, is not launched yet: see launch_tp_yw.)
+  // (W_GRAD = false, the y gradient alone, is not launched yet: see launch_tp_grads.)
   auto kernel = c.sh_lmax >= 0 ? tp_uvu_edge_y_kernel<T, true, true> : tp_uvu_edge_y_kernel<T, true, false>;
   kernel<<<blocks, kThreads, edge_chunk_bytes(c, size, sizeof(T), with_w), stream>>>(c, size, paths, pw, x, y, w, z,
                                                                                      out, dw);
@@ -1525,6 +1572,9 @@ cudaError_t launch(cudaStream_t stream, const TpCall& c, const TpPath* paths, co
   const bool empty = c.rows == 0 || c.num_items == 0;
   if (empty) return out_elems > 0 ? cudaMemsetAsync(out, 0, out_elems * sizeof(T), stream) : cudaSuccess;
   cudaError_t err = cudaSuccess;
+  if constexpr (SLOT != TpSlot::kZ)
+    if (c.nodes >= 0 && c.uvu_shape != 0 && launch_uvu_shaped_edge_slot<SLOT, T>(stream, c, paths, pw, ops, out, &err))
+      return err;
   if constexpr (SLOT == TpSlot::kZ || SLOT == TpSlot::kX) {
     if (c.scatters() && c.kernel == core::TpKernel::kUvu && launch_uvu_edges<SLOT, T>(stream, c, paths, pw, ops, out, &err))
       return err;
@@ -1573,25 +1623,25 @@ cudaError_t launch_tp(cudaStream_t stream, const TpCall& c, const TpPath* paths,
 }
 
 template <typename T>
-cudaError_t launch_tp_yw(cudaStream_t stream, const TpCall& cy, const TpCall& cw, const TpPath* paths,
+cudaError_t launch_tp_grads(cudaStream_t stream, const TpCall& cy, const TpCall& cw, const TpPath* paths,
                          const int32_t* cg_ijk, const T* cg_c, const T* pw, const T* x, const T* y, const T* w,
                          const T* z, T* dy, T* dw, T* dx) {
-  cudaError_t err;
-  if (launch_uvu_shaped_grads<T>(stream, cy, paths, pw, x, y, w, z, dx, dy, dw, &err)) return err;
+  cudaError_t err = cudaSuccess;
+  if (dy && dw && launch_uvu_shaped_grads<T>(stream, cy, paths, pw, x, y, w, z, dx, dy, dw, &err)) return err;
   if (launch_uvu_shaped_edge_grads<T>(stream, core::with_sh_of(cy, cw), paths, pw, x, y, w, z, dx, dy, dw, &err))
     return err;
-  if (dx) return cudaErrorInvalidValue;  // the handler asks for dx only where the line above serves it
+  if (dx) return cudaErrorInvalidValue;  // the handler asks for dx only where the lines above serve it
   // Measured on H100 (benchmarks/NOTES.md, session 6): the fused pass wins on graph calls (MACE-medium
   // conv, dy+dw 1.12 ms against 1.66 for the two kernels); the y gradient alone and plain products keep
   // the row kernels until the edge kernel is measured faster there.
-  if (cy.nodes >= 0 && cy.rows > 0 && cy.num_items > 0) {
+  if (dy && dw && cy.nodes >= 0 && cy.rows > 0 && cy.num_items > 0) {
     const TpCall fused = core::with_sh_of(cy, cw);  // slot y, with the weight gradient's view of y
     if (launch_uvu_edges_y<T>(stream, fused, paths, pw, x, y, w, z, dy, dw, &err)) return err;
   }
   const T* ops_y[4] = {x, nullptr, w, z};
   const T* ops_w[4] = {x, y, nullptr, z};
-  err = launch_tp<T>(stream, cy, paths, cg_ijk, cg_c, pw, ops_y, dy);
-  return err != cudaSuccess ? err : launch_tp<T>(stream, cw, paths, cg_ijk, cg_c, pw, ops_w, dw);
+  if (dy) err = launch_tp<T>(stream, cy, paths, cg_ijk, cg_c, pw, ops_y, dy);
+  return err != cudaSuccess || !dw ? err : launch_tp<T>(stream, cw, paths, cg_ijk, cg_c, pw, ops_w, dw);
 }
 
 template cudaError_t launch_tp<float>(cudaStream_t, const TpCall&, const TpPath*, const int32_t*, const float*,
@@ -1599,10 +1649,10 @@ template cudaError_t launch_tp<float>(cudaStream_t, const TpCall&, const TpPath*
 template cudaError_t launch_tp<double>(cudaStream_t, const TpCall&, const TpPath*, const int32_t*,
                                        const double*, const double*, const double* const[4], double*);
 
-template cudaError_t launch_tp_yw<float>(cudaStream_t, const TpCall&, const TpCall&, const TpPath*, const int32_t*,
+template cudaError_t launch_tp_grads<float>(cudaStream_t, const TpCall&, const TpCall&, const TpPath*, const int32_t*,
                                          const float*, const float*, const float*, const float*, const float*,
                                          const float*, float*, float*, float*);
-template cudaError_t launch_tp_yw<double>(cudaStream_t, const TpCall&, const TpCall&, const TpPath*, const int32_t*,
+template cudaError_t launch_tp_grads<double>(cudaStream_t, const TpCall&, const TpCall&, const TpPath*, const int32_t*,
                                           const double*, const double*, const double*, const double*,
                                           const double*, const double*, double*, double*, double*);
 

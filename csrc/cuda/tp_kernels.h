@@ -20,7 +20,7 @@ cudaError_t launch_tp(cudaStream_t stream, const core::TpCall& call, const core:
 // graph [nodes, dim_x], summed over each sender's edges by atomic adds; cudaErrorInvalidValue for any
 // other call).
 template <typename T>
-cudaError_t launch_tp_yw(cudaStream_t stream, const core::TpCall& cy, const core::TpCall& cw,
+cudaError_t launch_tp_grads(cudaStream_t stream, const core::TpCall& cy, const core::TpCall& cw,
                          const core::TpPath* paths, const int32_t* cg_ijk, const T* cg_c, const T* path_weight,
                          const T* x, const T* y, const T* w, const T* z, T* dy, T* dw, T* dx);
 

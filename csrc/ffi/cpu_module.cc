@@ -16,7 +16,7 @@ NB_MODULE(_cpu, m) {
     d["jbm_sh_jvp"] = jbm::handler_capsule(JbmShJvpCpu);
     d["jbm_sh_vjp"] = jbm::handler_capsule(JbmShVjpCpu);
     d["jbm_tp"] = jbm::handler_capsule(JbmTpCpu);
-    d["jbm_tp_yw"] = jbm::handler_capsule(JbmTpYwCpu);
+    d["jbm_tp_grads"] = jbm::handler_capsule(JbmTpGradsCpu);
     return d;
   });
   m.def("build_info", []() {

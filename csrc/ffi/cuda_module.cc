@@ -15,7 +15,7 @@ NB_MODULE(_cuda, m) {
     d["jbm_sh_jvp"] = jbm::handler_capsule(JbmShJvpCuda);
     d["jbm_sh_vjp"] = jbm::handler_capsule(JbmShVjpCuda);
     d["jbm_tp"] = jbm::handler_capsule(JbmTpCuda);
-    d["jbm_tp_yw"] = jbm::handler_capsule(JbmTpYwCuda);
+    d["jbm_tp_grads"] = jbm::handler_capsule(JbmTpGradsCuda);
     return d;
   });
   m.def("build_info", []() {

@@ -26,7 +26,7 @@ ffi::Error tp_cpu(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer c, ffi::Any
                    int32_t sh_lmax, int32_t sh_normalize, int32_t sh_normalization, int32_t yc_width) {
   TpBuffers bufs;
   core::TpCall call;
-  ffi::Error error = check_tp(a, b, c, senders, receivers, seg_offsets, seg_edges, seg_pieces, &*scratch, paths, cg_ijk, cg_c, pw, *out, slot, shared_w, with_unweighted, dim_x, dim_y, dim_z, num_w, num_items, kernel, zero_fill, num_nodes,
+  ffi::Error error = check_tp(a, b, c, senders, receivers, seg_offsets, seg_edges, seg_pieces, &*scratch, paths, cg_ijk, cg_c, pw, &*out, slot, shared_w, with_unweighted, dim_x, dim_y, dim_z, num_w, num_items, kernel, zero_fill, num_nodes,
                        sh_lmax, sh_normalize, sh_normalization, yc_width, &bufs, &call);
   if (error.failure()) return error;
   ffi::Error table = check_tp_paths(call, static_cast<const core::TpPath*>(paths.untyped_data()),
@@ -43,9 +43,9 @@ ffi::Error tp_cpu(ffi::AnyBuffer a, ffi::AnyBuffer b, ffi::AnyBuffer c, ffi::Any
   return ffi::Error::Success();
 }
 
-// The fused y and weight gradients (and x gradient): one pass over the channels for a compiled shape
-// (the GPU's formulas), else the two calls one after the other.
-ffi::Error tp_yw_cpu(ffi::AnyBuffer x, ffi::AnyBuffer y, ffi::AnyBuffer w, ffi::AnyBuffer z, ffi::AnyBuffer senders,
+// The gradients of slot z's operands (jbm_tp_grads): one pass over the channels for a compiled shape (the
+// GPU's formulas), else the y and weight gradients as the calls they replace, one after the other.
+ffi::Error tp_grads_cpu(ffi::AnyBuffer x, ffi::AnyBuffer y, ffi::AnyBuffer w, ffi::AnyBuffer z, ffi::AnyBuffer senders,
                      ffi::AnyBuffer receivers, ffi::AnyBuffer seg_offsets, ffi::AnyBuffer seg_edges, ffi::AnyBuffer paths,
                      ffi::AnyBuffer cg_ijk, ffi::AnyBuffer cg_c, ffi::AnyBuffer pw, ffi::Result<ffi::AnyBuffer> dy,
                      ffi::Result<ffi::AnyBuffer> dw, ffi::Result<ffi::AnyBuffer> dx, int32_t shared_w, int32_t with_unweighted, int32_t dim_x,
@@ -54,7 +54,7 @@ ffi::Error tp_yw_cpu(ffi::AnyBuffer x, ffi::AnyBuffer y, ffi::AnyBuffer w, ffi::
                      int32_t yc_width) {
   TpBuffers bufs_y, bufs_w;
   core::TpCall call_y, call_w;
-  ffi::Error error = check_tp_yw(x, y, w, z, senders, receivers, seg_offsets, seg_edges, paths, cg_ijk, cg_c, pw, *dy,
+  ffi::Error error = check_tp_grads(x, y, w, z, senders, receivers, seg_offsets, seg_edges, paths, cg_ijk, cg_c, pw, *dy,
                                  *dw, *dx, shared_w, with_unweighted, dim_x, dim_y, dim_z, num_w, num_items, kernel,
                                  zero_fill, num_nodes, sh_lmax, sh_normalize, sh_normalization, yc_width, &bufs_y,
                                  &call_y, &bufs_w, &call_w);
@@ -68,22 +68,20 @@ ffi::Error tp_yw_cpu(ffi::AnyBuffer x, ffi::AnyBuffer y, ffi::AnyBuffer w, ffi::
   auto fused = [&](auto zero) {
     using T = decltype(zero);
     auto data = [](const ffi::AnyBuffer& b) { return static_cast<const T*>(b.untyped_data()); };
+    auto result = [](ffi::AnyBuffer& b) { return b.element_count() ? static_cast<T*>(b.untyped_data()) : nullptr; };
     return cpu::tp_grads_uvu_shape<T>(fused_call, static_cast<const core::TpPath*>(paths.untyped_data()), data(pw),
-                                      data(x), data(y), data(w), data(z),
-                                      dx->element_count() ? static_cast<T*>(dx->untyped_data()) : nullptr,
-                                      static_cast<T*>(dy->untyped_data()), static_cast<T*>(dw->untyped_data()));
+                                      data(x), data(y), data(w), data(z), result(*dx), result(*dy), result(*dw));
   };
   const bool f32 = x.element_type() == ffi::DataType::F32;
   if (f32 ? fused(float{}) : fused(double{})) return ffi::Error::Success();
   if (dx->element_count() != 0)
-    return ffi_util::invalid("dx of ", kTpYwOp, " needs the call to fit its compiled shape");
-  if (f32) {
-    run<float>(call_y, bufs_y, paths, cg_ijk, cg_c, pw, *dy);
-    run<float>(call_w, bufs_w, paths, cg_ijk, cg_c, pw, *dw);
-  } else {
-    run<double>(call_y, bufs_y, paths, cg_ijk, cg_c, pw, *dy);
-    run<double>(call_w, bufs_w, paths, cg_ijk, cg_c, pw, *dw);
-  }
+    return ffi_util::invalid("dx of ", kTpGradsOp, " needs the call to fit its compiled shape");
+  auto separate = [&](auto zero) {
+    using T = decltype(zero);
+    if (dy->element_count() != 0) run<T>(call_y, bufs_y, paths, cg_ijk, cg_c, pw, *dy);
+    if (dw->element_count() != 0) run<T>(call_w, bufs_w, paths, cg_ijk, cg_c, pw, *dw);
+  };
+  f32 ? separate(float{}) : separate(double{});
   return ffi::Error::Success();
 }
 
@@ -91,4 +89,4 @@ ffi::Error tp_yw_cpu(ffi::AnyBuffer x, ffi::AnyBuffer y, ffi::AnyBuffer w, ffi::
 }  // namespace jbm
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JbmTpCpu, jbm::tp_cpu, ffi::Ffi::Bind() JBM_TP_BIND);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JbmTpYwCpu, jbm::tp_yw_cpu, ffi::Ffi::Bind() JBM_TP_YW_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JbmTpGradsCpu, jbm::tp_grads_cpu, ffi::Ffi::Bind() JBM_TP_GRADS_BIND);

@@ -29,7 +29,7 @@ ffi::Error tp_cuda(cudaStream_t stream, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi:
                    int32_t sh_lmax, int32_t sh_normalize, int32_t sh_normalization, int32_t yc_width) {
   TpBuffers bufs;
   core::TpCall call;
-  ffi::Error error = check_tp(a, b, c, senders, receivers, seg_offsets, seg_edges, seg_pieces, &*scratch, paths, cg_ijk, cg_c, pw, *out, slot, shared_w, with_unweighted, dim_x, dim_y, dim_z, num_w, num_items, kernel, zero_fill, num_nodes,
+  ffi::Error error = check_tp(a, b, c, senders, receivers, seg_offsets, seg_edges, seg_pieces, &*scratch, paths, cg_ijk, cg_c, pw, &*out, slot, shared_w, with_unweighted, dim_x, dim_y, dim_z, num_w, num_items, kernel, zero_fill, num_nodes,
                        sh_lmax, sh_normalize, sh_normalization, yc_width, &bufs, &call);
   if (error.failure()) return error;
   const cudaError_t err = a.element_type() == ffi::DataType::F32
@@ -40,9 +40,9 @@ ffi::Error tp_cuda(cudaStream_t stream, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi:
   return ffi::Error::Success();
 }
 
-// The fused y and weight gradients (one pass on the channelwise kernel, csrc/cuda/tp_kernels.cu), and
-// for products of a compiled shape the x gradient in the same pass.
-ffi::Error tp_yw_cuda(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer y, ffi::AnyBuffer w, ffi::AnyBuffer z,
+// The gradients of slot z's operands (jbm_tp_grads): dy and dw in one pass on the channelwise kernel, and
+// for products of a compiled shape any of dx, dy, dw in one pass (csrc/cuda/tp_kernels.cu).
+ffi::Error tp_grads_cuda(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer y, ffi::AnyBuffer w, ffi::AnyBuffer z,
                       ffi::AnyBuffer senders, ffi::AnyBuffer receivers, ffi::AnyBuffer seg_offsets,
                       ffi::AnyBuffer seg_edges, ffi::AnyBuffer paths, ffi::AnyBuffer cg_ijk, ffi::AnyBuffer cg_c,
                       ffi::AnyBuffer pw, ffi::Result<ffi::AnyBuffer> dy, ffi::Result<ffi::AnyBuffer> dw,
@@ -51,7 +51,7 @@ ffi::Error tp_yw_cuda(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer y, f
                       int32_t sh_lmax, int32_t sh_normalize, int32_t sh_normalization, int32_t yc_width) {
   TpBuffers bufs_y, bufs_w;
   core::TpCall call_y, call_w;
-  ffi::Error error = check_tp_yw(x, y, w, z, senders, receivers, seg_offsets, seg_edges, paths, cg_ijk, cg_c, pw, *dy,
+  ffi::Error error = check_tp_grads(x, y, w, z, senders, receivers, seg_offsets, seg_edges, paths, cg_ijk, cg_c, pw, *dy,
                                  *dw, *dx, shared_w, with_unweighted, dim_x, dim_y, dim_z, num_w, num_items, kernel,
                                  zero_fill, num_nodes, sh_lmax, sh_normalize, sh_normalization, yc_width, &bufs_y,
                                  &call_y, &bufs_w, &call_w);
@@ -59,15 +59,14 @@ ffi::Error tp_yw_cuda(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer y, f
   auto launch = [&](auto zero) {
     using T = decltype(zero);
     auto data = [](const ffi::AnyBuffer& b) { return static_cast<const T*>(b.untyped_data()); };
-    return cuda::launch_tp_yw<T>(stream, call_y, call_w, static_cast<const core::TpPath*>(paths.untyped_data()),
+    auto result = [](ffi::AnyBuffer& b) { return b.element_count() ? static_cast<T*>(b.untyped_data()) : nullptr; };
+    return cuda::launch_tp_grads<T>(stream, call_y, call_w, static_cast<const core::TpPath*>(paths.untyped_data()),
                                  static_cast<const int32_t*>(cg_ijk.untyped_data()), data(cg_c), data(pw), data(x),
-                                 data(y), data(w), data(z), static_cast<T*>(dy->untyped_data()),
-                                 static_cast<T*>(dw->untyped_data()),
-                                 dx->element_count() ? static_cast<T*>(dx->untyped_data()) : nullptr);
+                                 data(y), data(w), data(z), result(*dy), result(*dw), result(*dx));
   };
   const cudaError_t err = x.element_type() == ffi::DataType::F32 ? launch(float{}) : launch(double{});
   if (err != cudaSuccess)
-    return ffi::Error::Internal(ffi_util::str(kTpYwOp, " kernel launch failed: ", cudaGetErrorString(err)));
+    return ffi::Error::Internal(ffi_util::str(kTpGradsOp, " kernel launch failed: ", cudaGetErrorString(err)));
   return ffi::Error::Success();
 }
 
@@ -76,5 +75,5 @@ ffi::Error tp_yw_cuda(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer y, f
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(JbmTpCuda, jbm::tp_cuda,
                               ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>() JBM_TP_BIND);
-XLA_FFI_DEFINE_HANDLER_SYMBOL(JbmTpYwCuda, jbm::tp_yw_cuda,
-                              ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>() JBM_TP_YW_BIND);
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JbmTpGradsCuda, jbm::tp_grads_cuda,
+                              ffi::Ffi::Bind().Ctx<ffi::PlatformStream<cudaStream_t>>() JBM_TP_GRADS_BIND);

@@ -30,7 +30,7 @@ inline xla::ffi::Error check_tp(const xla::ffi::AnyBuffer& a, const xla::ffi::An
                                 const xla::ffi::AnyBuffer& seg_edges, const xla::ffi::AnyBuffer& seg_pieces,
                                 const xla::ffi::AnyBuffer* scratch, const xla::ffi::AnyBuffer& paths,
                                 const xla::ffi::AnyBuffer& cg_ijk, const xla::ffi::AnyBuffer& cg_c,
-                                const xla::ffi::AnyBuffer& path_weight, const xla::ffi::AnyBuffer& out, int32_t slot,
+                                const xla::ffi::AnyBuffer& path_weight, const xla::ffi::AnyBuffer* out, int32_t slot,
                                 int32_t shared_w, int32_t with_unweighted, int32_t dim_x, int32_t dim_y, int32_t dim_z,
                                 int32_t num_w, int64_t num_items, int32_t kernel, int32_t zero_fill, int64_t num_nodes,
                                 int32_t sh_lmax, int32_t sh_normalize, int32_t sh_normalization, int32_t yc_width,
@@ -51,8 +51,8 @@ inline xla::ffi::Error check_tp(const xla::ffi::AnyBuffer& a, const xla::ffi::An
   if (!ffi_util::is_supported_float(dt))
     return invalid("operands of ", kTpOp, " must be float32 or float64, got ", ffi_util::dtype_name(dt));
   for (int s = 0; s < 4; ++s) {
-    const ffi::AnyBuffer* buf = s == slot ? &out : bufs->ops[s];
-    if (buf->element_type() != dt)
+    const ffi::AnyBuffer* buf = s == slot ? out : bufs->ops[s];
+    if (buf != nullptr && buf->element_type() != dt)
       return invalid(names[s], " of ", kTpOp, " has dtype ", ffi_util::dtype_name(buf->element_type()),
                     ", expected ", ffi_util::dtype_name(dt));
   }
@@ -128,7 +128,8 @@ inline xla::ffi::Error check_tp(const xla::ffi::AnyBuffer& a, const xla::ffi::An
     call.rows = static_cast<int64_t>(bufs->ops[rows_slot]->element_count()) / widths[rows_slot];
   }
   for (int s = 0; s < 4; ++s) {
-    const ffi::AnyBuffer* buf = s == slot ? &out : bufs->ops[s];
+    const ffi::AnyBuffer* buf = s == slot ? out : bufs->ops[s];
+    if (buf == nullptr) continue;  // an output not asked for (jbm_tp_grads)
     const bool shared = s == 2 && call.shared_w;
     const int64_t rows = graph && (s == 0 || s == 3) ? num_nodes : call.rows;
     const int64_t expected = shared ? num_w : rows * widths[s];
@@ -201,46 +202,48 @@ inline xla::ffi::Error check_tp_paths(const core::TpCall& c, const core::TpPath*
   return xla::ffi::Error::Success();
 }
 
-// The fused y and weight gradients (target jbm_tp_yw): operands x, y, w, z, results dy and dw (per-row
-// weights), validated as the two calls they replace: slot y from (x, w, z) and slot w from (x, y, z).
-// y may be edge vectors (sh_lmax >= 0): only the weight gradient reads it; dy is the gradient with
-// respect to y's values (the spherical harmonics). A third result dx, empty when not asked for, is the
-// x gradient of a plain product of a compiled shape (csrc/core/tp_uvu_shape.h), the whole backward of
-// slot z in one pass; Python asks for it only then (tensor_product.py, _xyw_fusable).
-inline constexpr const char* kTpYwOp = "jbm_tp_yw";
+// The gradients of slot z's operands in one pass (target jbm_tp_grads): operands x, y, w, z (z: the
+// output's cotangent; per-row weights), results dy, dw and dx, each empty when not asked for, validated
+// as the calls they replace: slot y from (x, w, z), slot w from (x, y, z), slot x from (y, w, z). y may be
+// edge vectors (sh_lmax >= 0): dw and dx read them; dy is the gradient with respect to y's values (the
+// spherical harmonics). dx has x's shape: [rows, dim_x], or [num_nodes, dim_x] for a graph call (summed
+// over each sender's edges). Any set other than {dy, dw} is served for products of a compiled shape
+// only (csrc/core/tp_uvu_shape.h); Python asks for one only then (tensor_product.py, _fused_grads).
+inline constexpr const char* kTpGradsOp = "jbm_tp_grads";
 
-inline xla::ffi::Error check_tp_yw(const xla::ffi::AnyBuffer& x, const xla::ffi::AnyBuffer& y,
-                                   const xla::ffi::AnyBuffer& w, const xla::ffi::AnyBuffer& z,
-                                   const xla::ffi::AnyBuffer& senders, const xla::ffi::AnyBuffer& receivers,
-                                   const xla::ffi::AnyBuffer& seg_offsets, const xla::ffi::AnyBuffer& seg_edges,
-                                   const xla::ffi::AnyBuffer& paths, const xla::ffi::AnyBuffer& cg_ijk,
-                                   const xla::ffi::AnyBuffer& cg_c, const xla::ffi::AnyBuffer& path_weight,
-                                   const xla::ffi::AnyBuffer& dy, const xla::ffi::AnyBuffer& dw,
-                                   const xla::ffi::AnyBuffer& dx, int32_t shared_w,
-                                   int32_t with_unweighted, int32_t dim_x, int32_t dim_y, int32_t dim_z, int32_t num_w,
-                                   int64_t num_items, int32_t kernel, int32_t zero_fill, int64_t num_nodes,
-                                   int32_t sh_lmax, int32_t sh_normalize, int32_t sh_normalization, int32_t yc_width,
-                                   TpBuffers* bufs_y, core::TpCall* call_y, TpBuffers* bufs_w, core::TpCall* call_w) {
-  if (shared_w) return ffi_util::invalid(kTpYwOp, " needs per-row weights (shared_w = 0)");
+inline xla::ffi::Error check_tp_grads(const xla::ffi::AnyBuffer& x, const xla::ffi::AnyBuffer& y,
+                                      const xla::ffi::AnyBuffer& w, const xla::ffi::AnyBuffer& z,
+                                      const xla::ffi::AnyBuffer& senders, const xla::ffi::AnyBuffer& receivers,
+                                      const xla::ffi::AnyBuffer& seg_offsets, const xla::ffi::AnyBuffer& seg_edges,
+                                      const xla::ffi::AnyBuffer& paths, const xla::ffi::AnyBuffer& cg_ijk,
+                                      const xla::ffi::AnyBuffer& cg_c, const xla::ffi::AnyBuffer& path_weight,
+                                      const xla::ffi::AnyBuffer& dy, const xla::ffi::AnyBuffer& dw,
+                                      const xla::ffi::AnyBuffer& dx, int32_t shared_w, int32_t with_unweighted,
+                                      int32_t dim_x, int32_t dim_y, int32_t dim_z, int32_t num_w, int64_t num_items,
+                                      int32_t kernel, int32_t zero_fill, int64_t num_nodes, int32_t sh_lmax,
+                                      int32_t sh_normalize, int32_t sh_normalization, int32_t yc_width,
+                                      TpBuffers* bufs_y, core::TpCall* call_y, TpBuffers* bufs_w,
+                                      core::TpCall* call_w) {
+  if (shared_w) return ffi_util::invalid(kTpGradsOp, " needs per-row weights (shared_w = 0)");
   if (seg_offsets.element_count() != 0 || seg_edges.element_count() != 0)
-    return ffi_util::invalid("edge lists of ", kTpYwOp, " must be empty (its outputs are per row)");
+    return ffi_util::invalid("edge lists of ", kTpGradsOp, " must be empty (its outputs are per row)");
+  const auto asked = [](const xla::ffi::AnyBuffer& r) { return r.element_count() != 0 ? &r : nullptr; };
   // (seg_offsets, empty here, also stands for the absent seg_pieces operand; no scratch result.)
-  xla::ffi::Error error = check_tp(x, w, z, senders, receivers, seg_offsets, seg_edges, seg_offsets, nullptr, paths, cg_ijk, cg_c,
-                                   path_weight, dy, static_cast<int32_t>(core::TpSlot::kY), shared_w, with_unweighted,
-                                   dim_x, dim_y, dim_z, num_w, num_items, kernel, zero_fill, num_nodes, -1, 0, 0,
-                                   yc_width, bufs_y, call_y);
+  xla::ffi::Error error = check_tp(x, w, z, senders, receivers, seg_offsets, seg_edges, seg_offsets, nullptr, paths,
+                                   cg_ijk, cg_c, path_weight, asked(dy), static_cast<int32_t>(core::TpSlot::kY),
+                                   shared_w, with_unweighted, dim_x, dim_y, dim_z, num_w, num_items, kernel, zero_fill,
+                                   num_nodes, -1, 0, 0, yc_width, bufs_y, call_y);
   if (error.failure()) return error;
   error = check_tp(x, y, z, senders, receivers, seg_offsets, seg_edges, seg_offsets, nullptr, paths, cg_ijk, cg_c,
-                   path_weight, dw, static_cast<int32_t>(core::TpSlot::kW), shared_w, 0, dim_x, dim_y, dim_z, num_w,
-                   num_items, kernel, zero_fill, num_nodes, sh_lmax, sh_normalize, sh_normalization, yc_width, bufs_w,
-                   call_w);
+                   path_weight, asked(dw), static_cast<int32_t>(core::TpSlot::kW), shared_w, 0, dim_x, dim_y, dim_z,
+                   num_w, num_items, kernel, zero_fill, num_nodes, sh_lmax, sh_normalize, sh_normalization, yc_width,
+                   bufs_w, call_w);
   if (error.failure() || dx.element_count() == 0) return error;
   if (call_y->uvu_shape == 0)
-    return ffi_util::invalid("dx of ", kTpYwOp, " is computed for products of a compiled shape only");
-  // dx has x's shape: [rows, dim_x], or [num_nodes, dim_x] for a graph call (summed over senders' edges).
+    return ffi_util::invalid("dx of ", kTpGradsOp, " is computed for products of a compiled shape only");
   const int64_t dx_rows = num_nodes >= 0 ? num_nodes : call_y->rows;
   if (dx.element_type() != x.element_type() || static_cast<int64_t>(dx.element_count()) != dx_rows * dim_x)
-    return ffi_util::invalid("dx (output) of ", kTpYwOp, " must have x's dtype and shape, or be empty");
+    return ffi_util::invalid("dx (output) of ", kTpGradsOp, " must have x's dtype and shape, or be empty");
   return error;
 }
 
@@ -261,8 +264,8 @@ inline xla::ffi::Error check_tp_yw(const xla::ffi::AnyBuffer& x, const xla::ffi:
       .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()      \
       .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Attr<int32_t>("slot") JBM_TP_ATTRS
 
-// jbm_tp_yw: x, y, w, z, then as jbm_tp; results dy, dw and dx (empty when not asked for).
-#define JBM_TP_YW_BIND                                                                             \
+// jbm_tp_grads: x, y, w, z, then as jbm_tp; results dy, dw and dx (each empty when not asked for).
+#define JBM_TP_GRADS_BIND                                                                             \
   .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()         \
       .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()      \
       .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()      \

@@ -509,9 +509,9 @@ ffi.register_lowering_rule(conv_p, _lowering, "jbm_tp")
 #
 # The tangent of a call is a sum of calls, one per non-zero operand tangent. With one tangent that is a
 # single call; with several, the sum is bound as ``tp_lin_p`` (operands, then the tangents, then the
-# graph), whose transpose sees every cotangent asked for at once and can fuse them: the y and weight
-# gradients of a channelwise product share their reads of x, z and the weights, and run as one kernel
-# (``tp_yw_p``, FFI target jbm_tp_yw) — the fwd+bwd and force-training steps' largest pieces.
+# graph), whose transpose sees every cotangent asked for at once and can fuse them: the x, y and weight
+# gradients of a channelwise product share their reads of the operands, and run as one kernel
+# (``tp_grads_p``, FFI target jbm_tp_grads) — the fwd+bwd and force-training steps' largest pieces.
 
 
 def _term_params(params, target):
@@ -642,23 +642,37 @@ def _lin_jvp(primals, tangents, *, which, **params):
     return out, tangent
 
 
-def _yw_fusable(params, undefined_targets):
-    return ({SLOT_Y, SLOT_W} <= set(undefined_targets) and params["slot"] in (SLOT_X, SLOT_Z) and not params["shared"]
-            and params["tables"].kernel == KERNEL_UVU)
-
-
 # Shape codes with compile-time kernels (csrc/core/tp_uvu_shape.h, kCompiledShapes).
 _COMPILED_UVU_SHAPES = frozenset(ffi.build_info()["uvu_shapes"])
+# The order of tp_grads_p's results: dy, dw, dx (those asked for).
+_GRADS_ORDER = (SLOT_Y, SLOT_W, SLOT_X)
 
 
-def _xyw_fusable(params, undefined_targets):
-    """Whether the x gradient joins the fused y and weight gradients: the whole backward of a product
-    (slot z) of a compiled shape, one pass over x, the cotangent and the weights. On a graph the x
-    gradient is then a scatter to senders by atomic adds, so the deterministic mode keeps its own call
-    (sender lists, a fixed order)."""
-    return (_yw_fusable(params, undefined_targets) and SLOT_X in undefined_targets and params["slot"] == SLOT_Z
-            and (params["num_nodes"] is None or not params["deterministic"])
-            and params["tables"].uvu_shape in _COMPILED_UVU_SHAPES)
+def _fused_grads(params, targets):
+    """The transposes of one call (to the slots ``targets``) that run as one tp_grads_p pass, in
+    _GRADS_ORDER; empty if none. The pass computes gradients in x, y and w from the four operands of
+    the 4-linear form (the call's cotangent in its output slot), so any call's transposes qualify:
+
+    * products of a compiled shape (csrc/core/tp_uvu_shape.h): on a graph, any two or three of dx, dy,
+      dw except {dx, dy} (the force-training step's second-order calls: the transposes of the forces'
+      y-gradient and weight-gradient calls, and of the forward); dx scatters to senders by atomic adds,
+      so the deterministic mode keeps its own (sender lists, a fixed order). Plain products: dy and dw,
+      with or without dx (the whole backward);
+    * other channelwise problems: dy and dw of a forward or x-slot call (the edge-chunk kernel).
+    """
+    tables, graph = params["tables"], params["num_nodes"] is not None
+    if params["shared"] or tables.kernel != KERNEL_UVU:
+        return ()
+    targets = set(targets) - {SLOT_Z}
+    if tables.uvu_shape not in _COMPILED_UVU_SHAPES:
+        yw = {SLOT_Y, SLOT_W} <= targets and params["slot"] in (SLOT_X, SLOT_Z)
+        return (SLOT_Y, SLOT_W) if yw else ()
+    if graph and params["deterministic"]:
+        targets.discard(SLOT_X)
+    if not graph and not {SLOT_Y, SLOT_W} <= targets:
+        return ()
+    fused = tuple(t for t in _GRADS_ORDER if t in targets)
+    return fused if len(fused) >= 2 and set(fused) != {SLOT_X, SLOT_Y} else ()
 
 
 def _lin_transpose(ct, *args, which, **params):
@@ -672,16 +686,15 @@ def _lin_transpose(ct, *args, which, **params):
         cts = [ad.Zero(t.aval) if ad.is_undefined_primal(t) else None for t in ts]
         return [None] * 3 + cts + [None] * len(graph)
     by_slot = dict(zip(slots, ops))
-    if _yw_fusable(params, undefined):
-        with_x = _xyw_fusable(params, undefined)
-        x = ct if params["slot"] == SLOT_X else by_slot[SLOT_X]
-        z = ct if params["slot"] == SLOT_Z else by_slot[SLOT_Z]
-        grads = tp_yw_p.bind(x, by_slot[SLOT_Y], by_slot[SLOT_W], z, *graph, tables=params["tables"],
-                             unweighted=params["unweighted"], num_nodes=params["num_nodes"],
-                             deterministic=params["deterministic"], sh=params["sh"], with_x=with_x)
-        cts[undefined.pop(SLOT_Y)], cts[undefined.pop(SLOT_W)] = grads[:2]
-        if with_x:
-            cts[undefined.pop(SLOT_X)] = grads[2]
+    fused = _fused_grads(params, undefined)
+    if fused:
+        operands = {**by_slot, params["slot"]: ct}  # the 4-linear form's operands
+        grads = tp_grads_p.bind(*(operands[s] for s in range(4)), *graph, tables=params["tables"],
+                                unweighted=params["unweighted"] and params["slot"] != SLOT_W,
+                                num_nodes=params["num_nodes"], deterministic=params["deterministic"],
+                                sh=params["sh"], grads=fused)
+        for target, g in zip(fused, grads):
+            cts[undefined.pop(target)] = g
     for target, i in undefined.items():
         term_params = _term_params(params, target)
         cts[i] = _transpose_term(ct, by_slot, target, graph, term_params)
@@ -702,57 +715,56 @@ ad.primitive_transposes[tp_lin_p] = _lin_transpose
 batching.primitive_batchers[tp_lin_p] = _lin_batch
 
 
-# ---- tp_yw_p: the y and weight gradients in one pass ---------------------------------------------
+# ---- tp_grads_p: gradients in x, y and w in one pass ----------------------------------------------
 #
-# Operands x, y, w, z (the output slot's cotangent in x's or z's place), then the graph; results
-# (dy, dw) = (slot-y call on x, w, z; slot-w call on x, y, z), per-row weights. y may be edge vectors
-# (sh): only dw reads it, and dy is the gradient with respect to the spherical harmonics' values.
-# with_x (products of a compiled shape, z holding the cotangent: _xyw_fusable): also dx, the slot-x
-# call on y, w, z — the whole backward in one pass (on a graph: summed over each sender's edges).
+# Operands x, y, w, z (the 4-linear form's: one of them a cotangent), then the graph; param ``grads``: the
+# slots whose gradients it returns, in _GRADS_ORDER (see _fused_grads): dy (the slot-y call on x, w, z),
+# dw (slot w on x, y, z), dx (slot x on y, w, z; on a graph summed over each sender's edges, node
+# features' shape). Per-row weights. y may be edge vectors (sh): dw and dx read its spherical
+# harmonics, and dy is the gradient with respect to their values.
 
-tp_yw_p = Primitive("jbm_tensor_product_yw")
-tp_yw_p.multiple_results = True
+tp_grads_p = Primitive("jbm_tensor_product_grads")
+tp_grads_p.multiple_results = True
+
+_GRADS_OPERANDS = {SLOT_Y: (0, 2, 3), SLOT_W: (0, 1, 3), SLOT_X: (1, 2, 3)}  # positions among (x, y, w, z)
 
 
-_YW_OPERANDS = ((0, 2, 3), (0, 1, 3), (1, 2, 3))  # operands of the y, w and x calls among (x, y, w, z)
-
-
-def _yw_calls(x, y, w, z, *graph, tables, unweighted, num_nodes, deterministic, sh, with_x):
-    """The calls tp_yw_p fuses: (operand positions among (x, y, w, z), operands, params) each."""
+def _grads_calls(x, y, w, z, *graph, tables, unweighted, num_nodes, deterministic, sh, grads):
+    """The calls tp_grads_p fuses: (operand positions among (x, y, w, z), operands, params) each."""
     base = dict(tables=tables, shared=False, num_nodes=num_nodes, deterministic=deterministic)
-    params = (dict(base, slot=SLOT_Y, unweighted=unweighted, sh=None), dict(base, slot=SLOT_W, unweighted=False, sh=sh),
-              dict(base, slot=SLOT_X, unweighted=unweighted, sh=sh))
+    params = {SLOT_Y: dict(base, slot=SLOT_Y, unweighted=unweighted, sh=None),
+              SLOT_W: dict(base, slot=SLOT_W, unweighted=False, sh=sh),
+              SLOT_X: dict(base, slot=SLOT_X, unweighted=unweighted, sh=sh)}
     args = (x, y, w, z)
-    return [(pos, tuple(args[i] for i in pos), p) for pos, p in zip(_YW_OPERANDS[:3 if with_x else 2], params)]
+    return [(_GRADS_OPERANDS[t], tuple(args[i] for i in _GRADS_OPERANDS[t]), params[t]) for t in grads]
 
 
-def _yw_split(*args, **params):
+def _grads_split(*args, **params):
     graph = list(args[4:])
-    return [_prim(params["num_nodes"]).bind(*ops, *graph, **p) for _, ops, p in _yw_calls(*args, **params)]
+    return [_prim(params["num_nodes"]).bind(*ops, *graph, **p) for _, ops, p in _grads_calls(*args, **params)]
 
 
-def _yw_abstract(x, y, w, z, *graph, tables, num_nodes, with_x, **params):
+def _grads_abstract(x, y, w, z, *graph, tables, num_nodes, grads, **params):
     rows = graph[0].shape if graph else x.shape[:-1]
-    dim_x, dim_y, num_w = tables.dims[0], tables.dims[1], tables.dims[3]
-    shapes = [rows + (dim_y,), rows + (num_w,)] + ([x.shape] if with_x else [])  # dx: x's shape (nodes)
-    return [jax.core.ShapedArray(shape, x.dtype) for shape in shapes]
+    shapes = {SLOT_Y: rows + (tables.dims[1],), SLOT_W: rows + (tables.dims[3],), SLOT_X: x.shape}  # dx: nodes
+    return [jax.core.ShapedArray(shapes[t], x.dtype) for t in grads]
 
 
-def _yw_jvp(primals, tangents, **params):
+def _grads_jvp(primals, tangents, **params):
     """The primal outputs from the fused call itself (one pass: the force-training step differentiates
     the forces' fused y and weight gradients once more, so this call runs in its forward); the tangents
     term by term, as the separate calls' tangents."""
     graph = list(primals[4:])
-    outs = tp_yw_p.bind(*primals, **params)
+    outs = tp_grads_p.bind(*primals, **params)
     tans = [_tangent(list(ops) + graph, [tangents[i] for i in pos] + [None] * len(graph), out, **p)
-            for out, (pos, ops, p) in zip(outs, _yw_calls(*primals, **params))]
+            for out, (pos, ops, p) in zip(outs, _grads_calls(*primals, **params))]
     return outs, tans
 
 
-def _yw_transpose(cts, *args, **params):
+def _grads_transpose(cts, *args, **params):
     graph = list(args[4:])
     result = [None] * 4
-    for ct, (pos, ops, p) in zip(cts, _yw_calls(*args, **params)):
+    for ct, (pos, ops, p) in zip(cts, _grads_calls(*args, **params)):
         if type(ct) is ad.Zero:
             continue
         for i, r in zip(pos, _transpose(ct, *ops, *graph, **p)[:3]):
@@ -761,12 +773,12 @@ def _yw_transpose(cts, *args, **params):
     return result + [None] * len(graph)
 
 
-def _yw_batch(args, dims, **params):
-    f = lambda *a: _yw_split(*a, **params)  # noqa: E731
-    return jax.vmap(f, in_axes=tuple(dims))(*args), [0] * (3 if params["with_x"] else 2)
+def _grads_batch(args, dims, **params):
+    f = lambda *a: _grads_split(*a, **params)  # noqa: E731
+    return jax.vmap(f, in_axes=tuple(dims))(*args), [0] * len(params["grads"])
 
 
-def _yw_lowering(ctx, x, y, w, z, *graph, tables, unweighted, num_nodes, deterministic, sh, with_x):
+def _grads_lowering(ctx, x, y, w, z, *graph, tables, unweighted, num_nodes, deterministic, sh, grads):
     dtype = ctx.avals_in[0].dtype
     consts, attrs = _tables_and_attrs(tables, False, dtype, shared=False, unweighted=unweighted,
                                       num_nodes=num_nodes, sh=sh)
@@ -774,21 +786,21 @@ def _yw_lowering(ctx, x, y, w, z, *graph, tables, unweighted, num_nodes, determi
     def body(x, y, w, z, *graph):
         empty = jnp.zeros((0,), jnp.int32)
         senders, receivers = graph if graph else (empty, empty)
-        outs = [jax.ShapeDtypeStruct(aval.shape, dtype) for aval in ctx.avals_out]
-        if not with_x:  # the handler's dx result, empty: not asked for
-            outs.append(jax.ShapeDtypeStruct((0,), dtype))
-        results = jax.ffi.ffi_call("jbm_tp_yw", outs)(x, y, w, z, senders, receivers, empty, empty, *consts, **attrs)
-        return list(results[:len(ctx.avals_out)])
+        # The handler's results dy, dw, dx: empty where not asked for.
+        shapes = dict(zip(grads, (aval.shape for aval in ctx.avals_out)))
+        outs = [jax.ShapeDtypeStruct(shapes.get(t, (0,)), dtype) for t in _GRADS_ORDER]
+        results = jax.ffi.ffi_call("jbm_tp_grads", outs)(x, y, w, z, senders, receivers, empty, empty, *consts, **attrs)
+        return [results[_GRADS_ORDER.index(t)] for t in grads]
 
     return mlir.lower_fun(body, multiple_results=True)(ctx, x, y, w, z, *graph)
 
 
-ffi.register_lowering_rule(tp_yw_p, _yw_lowering, "jbm_tp_yw")
-tp_yw_p.def_abstract_eval(_yw_abstract)
-ffi.define_impl(tp_yw_p)
-ad.primitive_jvps[tp_yw_p] = _yw_jvp
-ad.primitive_transposes[tp_yw_p] = _yw_transpose
-batching.primitive_batchers[tp_yw_p] = _yw_batch
+ffi.register_lowering_rule(tp_grads_p, _grads_lowering, "jbm_tp_grads")
+tp_grads_p.def_abstract_eval(_grads_abstract)
+ffi.define_impl(tp_grads_p)
+ad.primitive_jvps[tp_grads_p] = _grads_jvp
+ad.primitive_transposes[tp_grads_p] = _grads_transpose
+batching.primitive_batchers[tp_grads_p] = _grads_batch
 
 
 def _batch(args, dims, *, tables, slot, shared, unweighted, num_nodes, deterministic, sh):
