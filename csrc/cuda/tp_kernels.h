@@ -13,12 +13,12 @@ template <typename T>
 cudaError_t launch_tp(cudaStream_t stream, const core::TpCall& call, const core::TpPath* paths,
                       const int32_t* cg_ijk, const T* cg_c, const T* path_weight, const T* const ops[4], T* out);
 
-// The y gradient (call `cy`, slot y) and the per-row weight gradient (call `cw`, slot w) of the same
-// operands, in one pass when the channelwise kernel serves them (x, z and the weights read once), else
-// one after the other. y: the y operand of `cw` (data, or edge vectors when cw.sh_lmax >= 0).
-// dx (nullable): also the x gradient, for products of a compiled shape only (core/tp_uvu_shape.h; on a
-// graph [nodes, dim_x], summed over each sender's edges by atomic adds; cudaErrorInvalidValue for any
-// other call).
+// Gradients of slot z's operands (jbm_tp_grads): those whose pointer is non-null among dy (call `cy`, slot
+// y), dw (call `cw`, slot w; per-row weights) and dx. dy and dw run in one pass when the channelwise
+// kernel serves them (x, z and the weights read once), else one after the other; for products of a
+// compiled shape (core/tp_uvu_shape.h) any set runs in one pass (on a graph: dx [nodes, dim_x], summed
+// over each sender's edges by atomic adds); dx of any other call is cudaErrorInvalidValue. y: the y
+// operand of `cw` (data, or edge vectors when cw.sh_lmax >= 0).
 template <typename T>
 cudaError_t launch_tp_grads(cudaStream_t stream, const core::TpCall& cy, const core::TpCall& cw,
                          const core::TpPath* paths, const int32_t* cg_ijk, const T* cg_c, const T* path_weight,
