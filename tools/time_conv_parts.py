@@ -1,6 +1,6 @@
 """Times each role of the conv on its own, for kernel work (not a peer benchmark): the forward (slot z),
-the gradients in x (slot x, scatter to senders), y and w, and dy+dw together (the fused call), each jitted
-alone. Per role: the first call (trace + compile + run), the host-timed median of 20 calls (includes
+the gradients in x (slot x, scatter to senders), y and w each asked for alone, the sets dy+dw, dx+dw and
+dx+dy+dw (fused passes), and the force-training step (every kernel listed), each jitted alone. Per role: the first call (trace + compile + run), the host-timed median of 20 calls (includes
 launch latency and XLA's index work) and the GPU time of one call by kernel (jax's profiler,
 tools/kernel_times.py), which is what to compare between two builds.
 
@@ -44,14 +44,33 @@ print(f"jaxbatmobile from {jb.__file__}", flush=True)
 for name in sys.argv[1:] or ["mace-medium" if jax.default_backend() == "gpu" else "mace-medium-cpu"]:
     tp, (s, r), (x, y, w, dz) = inputs(name)
     n = PROBLEMS[name][2]
+    pos = jax.numpy.asarray(np.random.default_rng(1).normal(size=(n, 3)) * 5, x.dtype)
+
+    def force_loss(det):  # tools/conv_problem.py's, on this problem
+        def loss(x, w, pos):
+            def energy(pos):
+                vec = pos[r] - pos[s]
+                out = jb.sh_conv(tp, x, vec, w * jax.numpy.exp(-0.01 * jax.numpy.sum(vec**2, -1))[:, None], s, r,
+                                 num_nodes=n, deterministic=det)
+                return jax.numpy.sum(out[:, :tp.irreps_in1[0].mul] ** 2)
+            return jax.numpy.sum(jax.grad(energy)(pos) ** 2)
+        return loss
     for det in (False, True):
         conv = lambda x, y, w, det=det: jb.conv(tp, x, y, w, s, r, num_nodes=n, deterministic=det)  # noqa: E731
         roles = {"fwd": (jax.jit(conv), (x, y, w))}
-        for role, k in (("dx", 0), ("dy", 1), ("dw", 2)):
-            roles[role] = (jax.jit(lambda x, y, w, dz, k=k: jax.vjp(conv, x, y, w)[1](dz)[k]), (x, y, w, dz))
-        roles["dy+dw"] = (jax.jit(lambda x, y, w, dz: jax.vjp(lambda y, w: conv(x, y, w), y, w)[1](dz)),
-                          (x, y, w, dz))
-        roles["dx+dy+dw"] = (jax.jit(lambda x, y, w, dz: jax.vjp(conv, x, y, w)[1](dz)), (x, y, w, dz))
+        # The gradients asked for alone or together (the others' operands held constant), as the
+        # transposes of the force-training step ask for them.
+        for role, ks in (("dx", (0,)), ("dy", (1,)), ("dw", (2,)), ("dy+dw", (1, 2)), ("dx+dw", (0, 2)),
+                         ("dx+dy+dw", (0, 1, 2))):
+            def grads(x, y, w, dz, ks=ks):
+                def f(*varying):
+                    args = [x, y, w]
+                    for k, a in zip(ks, varying):
+                        args[k] = a
+                    return conv(*args)
+                return jax.vjp(f, *([x, y, w][k] for k in ks))[1](dz)
+            roles[role] = (jax.jit(grads), (x, y, w, dz))
+        roles["force"] = (jax.jit(jax.grad(force_loss(det), argnums=(0, 1))), (x, w, pos))
         for role, (f, args) in roles.items():
             t0 = time.perf_counter()
             jax.block_until_ready(f(*args))
@@ -60,5 +79,7 @@ for name in sys.argv[1:] or ["mace-medium" if jax.default_backend() == "gpu" els
             kernel_table(f, *args)  # warm the profiler
             rows = kernel_table(f, *args)
             kernels = "; ".join(f"{kernel[:36]} {ms:.3f}" for ms, _, kernel in rows[:3])
+            if role == "force":  # every kernel of the step, with its template arguments
+                kernels = "\n    " + "\n    ".join(f"{ms:7.3f} ms {count:3d}x {kernel[:120]}" for ms, count, kernel in rows)
             print(f"{name:14} {'det' if det else 'atomic':6} {role:8} first {first:5.2f} s  host {host:.3f} ms  "
                   f"gpu {sum(ms for ms, _, _ in rows):.3f} ms | {kernels}", flush=True)
