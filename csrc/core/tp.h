@@ -167,6 +167,8 @@ struct TpCall {
   // of target node n are seg_edges[seg_offsets[n] .. seg_offsets[n+1]) (seg_edges null: the identity),
   // and node n's row is summed by one owner over those edges in that order and stored once — no
   // atomics, the same bits on every run. An edge listed under n whose target is not n is skipped.
+  // (The gradient calls of compiled shapes, jbm_tp_grads, walk the edges in the order seg_edges when it
+  // is set — the sender-sorted list, so that dx is summed over each sender's run in registers.)
   const int32_t* seg_offsets;
   const int32_t* seg_edges;
   // y computed in the kernel as the spherical harmonics of edge vectors (sh_conv): the y operand is

@@ -1147,16 +1147,17 @@ __global__ void __launch_bounds__(kThreads, kShapedEdgeMinBlocks<T>)
 }
 
 // Gradients of a graph call of a compiled shape, per edge: GRADS (core::ShapeGrads) among dy (the gradient
-// of the edge's y values: SH values for sh_conv), dw, and dx[sender] += the edge's x gradient by atomic
-// adds (atomic mode only: the deterministic mode gets dx from the sender-list kernel). All three are the
-// whole backward of conv / sh_conv in one pass; a single one is a transpose call of its own (slot x, y or
-// w: the force-training step's second-order calls); only the operands the mask reads are loaded
-// (core::grads_read_*). core::uvu_shape_channel_grads per channel and edge, a thread per channel (strided
-// channel accesses: see warp_shape_gather); each edge's dy partials are summed over a warp's channels
-// (warp_sum_pairs) into shared memory and over the warps once per chunk. dy and dw are written once, in
-// a fixed order (deterministic). `chunk`: edges per chunk (balanced_chunk). H100, MACE-medium conv, the
-// whole backward: 0.81-0.85 ms with dx, 0.64-0.71 without (ncu: 590 warp instructions per edge and 32
-// channels, 40% of issue slots, 16 warps per SM, DRAM 63%).
+// of the edge's y values: SH values for sh_conv), dw, and dx (the node features' gradient, summed over each
+// sender's edges). All three are the whole backward of conv / sh_conv in one pass; fewer are the
+// transposes of the force-training step's second-order calls; only the operands the mask reads are
+// loaded (core::grads_read_*). Edges are taken in the order `c.seg_edges` (the sender-sorted list when dx
+// is asked for; null: edge order), `chunk` at a time (balanced_chunk), and each thread takes a channel:
+// core::uvu_shape_channel_grads per channel and edge (strided channel accesses: see warp_shape_gather).
+// dx is summed in registers over each run of edges of one sender within a chunk and added to the sender's
+// row once per run by atomic adds (per edge, the atomics held the pass at the L2's atomic rate: 77 M of
+// them for MACE-medium's 150k edges); x is loaded once per run. Each edge's dy partials are summed over a
+// warp's channels (warp_sum_pairs) into shared memory and over the warps once per chunk. dy and dw are
+// written once per edge, in a fixed order (deterministic); dx is not (atomics: atomic mode only).
 template <uint32_t X, uint32_t Y, uint32_t O, int GRADS, typename T, bool SH>
 __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
     tp_uvu_shaped_edge_grads_kernel(TpCall c, int chunk, const TpPath* __restrict__ paths_g, const T* __restrict__ pw_g,
@@ -1170,7 +1171,7 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
   static_assert(kReadY || !SH, "edge vectors are read only by masks that read y");
   constexpr int kSize = kMaxEdgeChunk, kWarps = kThreads / 32;
   __shared__ T pw[S::kNumPaths];
-  __shared__ int32_t src_x[kSize], src_z[kSize];  // src_x < 0: the edge is dropped
+  __shared__ int32_t edge[kSize], src_x[kSize], src_z[kSize];  // src_x < 0: the edge is dropped
   __shared__ T y_rows[kReadY ? kSize : 1][S::kDimY];
   __shared__ T dy_warps[kDy ? kSize : 1][kWarps][S::kDimY];
   const int32_t mul = static_cast<int32_t>(c.dim_x / S::kDimX);
@@ -1181,44 +1182,65 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
     const int64_t k0 = unit * chunk;
     const int count = static_cast<int>(min(int64_t(chunk), c.rows - k0));
     if (threadIdx.x < count) {
-      const int64_t e = k0 + threadIdx.x;
-      int64_t rx, rz;
-      const bool ok = c.edge_rows(e, &rx, &rz);
+      const int64_t k = k0 + threadIdx.x;
+      const int64_t e = c.seg_edges ? int64_t(c.seg_edges[k]) : k;
+      const bool in_range = e >= 0 && e < c.rows;  // (a list is a permutation of the edges: always true)
+      int64_t rx = -1, rz = -1;
+      const bool ok = in_range && c.edge_rows(e, &rx, &rz);
+      edge[threadIdx.x] = in_range ? static_cast<int32_t>(e) : -1;  // -1: no rows of this entry are written
       src_x[threadIdx.x] = ok ? static_cast<int32_t>(rx) : -1;
       src_z[threadIdx.x] = ok ? static_cast<int32_t>(rz) : -1;
-      if (SH && ok) core::tp_sh_row(c, y + e * 3, y_rows[threadIdx.x]);
+      if constexpr (kReadY) {
+        if (SH && ok) core::tp_sh_row(c, y + e * 3, y_rows[threadIdx.x]);
+        if (!SH && ok)
+          for (int j = 0; j < S::kDimY; ++j) y_rows[threadIdx.x][j] = y[e * c.dim_y + j];
+      }
     }
-    if constexpr (kReadY && !SH)
-      for (int i = threadIdx.x; i < count * S::kDimY; i += blockDim.x)
-        y_rows[i / S::kDimY][i % S::kDimY] = y[(k0 + i / S::kDimY) * c.dim_y + i % S::kDimY];
     __syncthreads();
-    for (int t = 0; t < count; ++t) {
-      const int64_t e = k0 + t, rx = src_x[t];
-      T dyv[kGradsMaxDimY];
-      for (int j = 0; j < kGradsMaxDimY; ++j) dyv[j] = T(0);
-      if (rx >= 0) {
-        T yv[S::kDimY];
-        for (int j = 0; j < S::kDimY; ++j) yv[j] = kReadY ? y_rows[kReadY ? t : 0][j] : T(0);
-        const T* wr = w + e * c.num_w;
-        T* dwr = dw + e * c.num_w;
-        for (int32_t u = threadIdx.x; u < mul; u += blockDim.x) {
-          T xu[S::kDimX], dzu[S::kDimO], dxu[S::kDimX];
-          if constexpr (kReadX) core::shape_gather<X>(x + rx * c.dim_x, mul, u, xu);
+    for (int32_t u0 = 0; u0 < mul; u0 += blockDim.x) {  // block-uniform: thread u0 + threadIdx.x's channel
+      const int32_t u = u0 + threadIdx.x;
+      const bool active = u < mul;
+      T xu[S::kDimX], acc[kDx ? S::kDimX : 1];
+      int32_t x_row = -1;  // the sender whose x components xu holds
+      for (int k = 0; k < (kDx ? S::kDimX : 1); ++k) acc[k] = T(0);
+      for (int t = 0; t < count; ++t) {
+        const int64_t e = edge[t];
+        const int32_t rx = src_x[t];
+        T dyv[kGradsMaxDimY];
+        for (int j = 0; j < kGradsMaxDimY; ++j) dyv[j] = T(0);
+        if (rx >= 0 && active) {
+          T yv[S::kDimY];
+          for (int j = 0; j < S::kDimY; ++j) yv[j] = kReadY ? y_rows[kReadY ? t : 0][j] : T(0);
+          const T* wr = w + e * c.num_w;
+          T* dwr = dw + e * c.num_w;
+          T dzu[S::kDimO], dxu[S::kDimX];
+          if constexpr (kReadX)
+            if (rx != x_row) {
+              core::shape_gather<X>(x + int64_t(rx) * c.dim_x, mul, u, xu);
+              x_row = rx;
+            }
           core::shape_gather<O>(dz + int64_t(src_z[t]) * c.dim_z, mul, u, dzu);
           core::uvu_shape_channel_grads<X, Y, O, GRADS>(
               xu, yv, dzu, pw, [&](int n) { return wr[int64_t(n) * mul + u]; }, dxu, dyv,
               [&](int n, T v) { dwr[int64_t(n) * mul + u] = v; });
           if constexpr (kDx) {
-            T* dx_row = dx + rx * c.dim_x;
-            core::shape_for_each<X>(mul, u, [&](int64_t at, int k) { atomicAdd(dx_row + at, dxu[k]); });
+            for (int k = 0; k < S::kDimX; ++k) acc[k] += dxu[k];
+            if (t + 1 == count || src_x[t + 1] != rx) {  // the run of sender rx ends: one add per component
+              T* dx_row = dx + int64_t(rx) * c.dim_x;
+              core::shape_for_each<X>(mul, u, [&](int64_t at, int k) { atomicAdd(dx_row + at, acc[k]); });
+              for (int k = 0; k < S::kDimX; ++k) acc[k] = T(0);
+            }
+          }
+        } else if (kDw && rx < 0 && u0 == 0 && e >= 0) {  // a dropped edge: zero gradients (dy: zero partials)
+          for (int64_t k = threadIdx.x; k < c.num_w; k += blockDim.x) dw[e * c.num_w + k] = T(0);
+        }
+        if constexpr (kDy) {  // summed over the channel rounds by the same thread
+          const T sum = warp_sum_pairs(dyv);
+          if (lane % 2 == 0 && lane / 2 < S::kDimY) {
+            T& slot = dy_warps[t][warp][lane / 2];
+            slot = u0 == 0 ? sum : slot + sum;
           }
         }
-      } else if constexpr (kDw) {  // a dropped edge: zero gradients (dy: the zero partials below)
-        for (int64_t k = threadIdx.x; k < c.num_w; k += blockDim.x) dw[e * c.num_w + k] = T(0);
-      }
-      if constexpr (kDy) {
-        const T sum = warp_sum_pairs(dyv);
-        if (lane % 2 == 0 && lane / 2 < S::kDimY) dy_warps[t][warp][lane / 2] = sum;
       }
     }
     __syncthreads();
@@ -1227,7 +1249,7 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
         const int t = i / S::kDimY, j = i % S::kDimY;
         T total = T(0);
         for (int k = 0; k < kWarps; ++k) total += dy_warps[t][k][j];
-        dy[(k0 + t) * c.dim_y + j] = total;
+        if (edge[t] >= 0) dy[int64_t(edge[t]) * c.dim_y + j] = total;
       }
       __syncthreads();  // the chunk's staging is reused
     }
@@ -1467,16 +1489,16 @@ bool launch_uvu_shaped_edge_grads(cudaStream_t stream, const TpCall& c, const Tp
   });
 }
 
-// Slot x (atomic mode), y or w of a graph call of a compiled shape on its own: the edge-gradient kernel
-// with that one gradient. False when the call is not one.
+// Slot y or w of a graph call of a compiled shape on its own: the edge-gradient kernel with that one
+// gradient. (Slot x calls come with sender lists in both modes; Python sends the atomic mode's x
+// gradient of these shapes to jbm_tp_grads instead: tensor_product.py, _fused_grads.) False when the
+// call is not one.
 template <TpSlot SLOT, typename T>
 bool launch_uvu_shaped_edge_slot(cudaStream_t stream, const TpCall& c, const TpPath* paths, const T* pw,
                                  const T* const ops[4], T* out, cudaError_t* err) {
-  if (c.segmented()) return false;  // the deterministic mode's x gradient: sender lists, a fixed order
-  T* grads[3] = {nullptr, nullptr, nullptr};  // dx, dy, dw
-  grads[static_cast<int>(SLOT)] = out;
-  return launch_uvu_shaped_edge_grads<T>(stream, c, paths, pw, ops[0], ops[1], ops[2], ops[3], grads[0], grads[1],
-                                         grads[2], err);
+  static_assert(SLOT == TpSlot::kY || SLOT == TpSlot::kW, "per-edge outputs only");
+  return launch_uvu_shaped_edge_grads<T>(stream, c, paths, pw, ops[0], ops[1], ops[2], ops[3], nullptr,
+                                         SLOT == TpSlot::kY ? out : nullptr, SLOT == TpSlot::kW ? out : nullptr, err);
 }
 
 // Slots z and x (both modes) and w (per-edge weights) of a graph call on the channelwise kernel. Returns
@@ -1572,7 +1594,7 @@ cudaError_t launch(cudaStream_t stream, const TpCall& c, const TpPath* paths, co
   const bool empty = c.rows == 0 || c.num_items == 0;
   if (empty) return out_elems > 0 ? cudaMemsetAsync(out, 0, out_elems * sizeof(T), stream) : cudaSuccess;
   cudaError_t err = cudaSuccess;
-  if constexpr (SLOT != TpSlot::kZ)
+  if constexpr (SLOT == TpSlot::kY || SLOT == TpSlot::kW)
     if (c.nodes >= 0 && c.uvu_shape != 0 && launch_uvu_shaped_edge_slot<SLOT, T>(stream, c, paths, pw, ops, out, &err))
       return err;
   if constexpr (SLOT == TpSlot::kZ || SLOT == TpSlot::kX) {

@@ -207,7 +207,7 @@ inline xla::ffi::Error check_tp_paths(const core::TpCall& c, const core::TpPath*
 // as the calls they replace: slot y from (x, w, z), slot w from (x, y, z), slot x from (y, w, z). y may be
 // edge vectors (sh_lmax >= 0): dw and dx read them; dy is the gradient with respect to y's values (the
 // spherical harmonics). dx has x's shape: [rows, dim_x], or [num_nodes, dim_x] for a graph call (summed
-// over each sender's edges). Any set other than {dy, dw} is served for products of a compiled shape
+// over each sender's edges, taken in the order of the sender lists seg_offsets / seg_edges). Any set other than {dy, dw} is served for products of a compiled shape
 // only (csrc/core/tp_uvu_shape.h); Python asks for one only then (tensor_product.py, _fused_grads).
 inline constexpr const char* kTpGradsOp = "jbm_tp_grads";
 
@@ -225,10 +225,10 @@ inline xla::ffi::Error check_tp_grads(const xla::ffi::AnyBuffer& x, const xla::f
                                       TpBuffers* bufs_y, core::TpCall* call_y, TpBuffers* bufs_w,
                                       core::TpCall* call_w) {
   if (shared_w) return ffi_util::invalid(kTpGradsOp, " needs per-row weights (shared_w = 0)");
-  if (seg_offsets.element_count() != 0 || seg_edges.element_count() != 0)
-    return ffi_util::invalid("edge lists of ", kTpGradsOp, " must be empty (its outputs are per row)");
+  // Edge lists (graph calls; check_tp checks their sizes): the order the edges are taken in, the senders'
+  // when dx is asked for (its sums run over each sender's edges); else empty.
   const auto asked = [](const xla::ffi::AnyBuffer& r) { return r.element_count() != 0 ? &r : nullptr; };
-  // (seg_offsets, empty here, also stands for the absent seg_pieces operand; no scratch result.)
+  // (seg_offsets also stands for the absent seg_pieces operand, dropped below; no scratch result.)
   xla::ffi::Error error = check_tp(x, w, z, senders, receivers, seg_offsets, seg_edges, seg_offsets, nullptr, paths,
                                    cg_ijk, cg_c, path_weight, asked(dy), static_cast<int32_t>(core::TpSlot::kY),
                                    shared_w, with_unweighted, dim_x, dim_y, dim_z, num_w, num_items, kernel, zero_fill,
@@ -238,6 +238,7 @@ inline xla::ffi::Error check_tp_grads(const xla::ffi::AnyBuffer& x, const xla::f
                    path_weight, asked(dw), static_cast<int32_t>(core::TpSlot::kW), shared_w, 0, dim_x, dim_y, dim_z,
                    num_w, num_items, kernel, zero_fill, num_nodes, sh_lmax, sh_normalize, sh_normalization, yc_width,
                    bufs_w, call_w);
+  call_y->seg_pieces = call_w->seg_pieces = nullptr;
   if (error.failure() || dx.element_count() == 0) return error;
   if (call_y->uvu_shape == 0)
     return ffi_util::invalid("dx of ", kTpGradsOp, " is computed for products of a compiled shape only");

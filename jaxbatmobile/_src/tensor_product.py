@@ -595,6 +595,8 @@ def _transpose(ct, *ops, **params):
         raise ValueError("spherical harmonics computed in the kernel are not linear in the edge vectors")
     if type(ct) is ad.Zero:
         result = ad.Zero(ops[k].aval)
+    elif _fused_grads(params, [target]):
+        (result,) = _bind_grads(ct, dict(zip(slots, ops)), graph, params, (target,))
     else:
         result = _transpose_term(ct, dict(zip(slots, ops)), target, graph, params)
     return [result if j == k else None for j in range(3)] + [None] * len(graph)
@@ -654,10 +656,10 @@ def _fused_grads(params, targets):
     the 4-linear form (the call's cotangent in its output slot), so any call's transposes qualify:
 
     * products of a compiled shape (csrc/core/tp_uvu_shape.h): on a graph, any two or three of dx, dy,
-      dw except {dx, dy} (the force-training step's second-order calls: the transposes of the forces'
-      y-gradient and weight-gradient calls, and of the forward); dx scatters to senders by atomic adds,
-      so the deterministic mode keeps its own (sender lists, a fixed order). Plain products: dy and dw,
-      with or without dx (the whole backward);
+      dw except {dx, dy}, and dx alone (the force-training step's second-order calls: the transposes of
+      the forces' y-gradient and weight-gradient calls, and of the forward); dx is added to the senders'
+      rows by atomic adds, so the deterministic mode keeps its own (sender lists, a fixed order). Plain
+      products: dy and dw, with or without dx (the whole backward);
     * other channelwise problems: dy and dw of a forward or x-slot call (the edge-chunk kernel).
     """
     tables, graph = params["tables"], params["num_nodes"] is not None
@@ -672,7 +674,22 @@ def _fused_grads(params, targets):
     if not graph and not {SLOT_Y, SLOT_W} <= targets:
         return ()
     fused = tuple(t for t in _GRADS_ORDER if t in targets)
+    if graph and fused == (SLOT_X,):  # the x gradient alone: summed per sender run (a slot-x call would
+        return fused  # take the table-driven sender-list kernel)
     return fused if len(fused) >= 2 and set(fused) != {SLOT_X, SLOT_Y} else ()
+
+
+def _bind_grads(ct, by_slot, graph, params, grads):
+    """The cotangents of the slots ``grads`` (_fused_grads) of a call with operands ``by_slot`` whose
+    output's cotangent is ``ct``: one tp_grads_p pass over the 4-linear form's operands."""
+    operands = {**by_slot, params["slot"]: ct}
+    for s, op in operands.items():  # the unknown operand of a plain transpose: a gradient's slot, unread
+        if ad.is_undefined_primal(op):
+            operands[s] = jnp.zeros(op.aval.shape, op.aval.dtype)
+    return tp_grads_p.bind(*(operands[s] for s in range(4)), *graph, tables=params["tables"],
+                           unweighted=params["unweighted"] and params["slot"] != SLOT_W,
+                           num_nodes=params["num_nodes"], deterministic=params["deterministic"], sh=params["sh"],
+                           grads=grads)
 
 
 def _lin_transpose(ct, *args, which, **params):
@@ -687,14 +704,8 @@ def _lin_transpose(ct, *args, which, **params):
         return [None] * 3 + cts + [None] * len(graph)
     by_slot = dict(zip(slots, ops))
     fused = _fused_grads(params, undefined)
-    if fused:
-        operands = {**by_slot, params["slot"]: ct}  # the 4-linear form's operands
-        grads = tp_grads_p.bind(*(operands[s] for s in range(4)), *graph, tables=params["tables"],
-                                unweighted=params["unweighted"] and params["slot"] != SLOT_W,
-                                num_nodes=params["num_nodes"], deterministic=params["deterministic"],
-                                sh=params["sh"], grads=fused)
-        for target, g in zip(fused, grads):
-            cts[undefined.pop(target)] = g
+    for target, g in zip(fused, _bind_grads(ct, by_slot, graph, params, fused) if fused else ()):
+        cts[undefined.pop(target)] = g
     for target, i in undefined.items():
         term_params = _term_params(params, target)
         cts[i] = _transpose_term(ct, by_slot, target, graph, term_params)
@@ -786,10 +797,12 @@ def _grads_lowering(ctx, x, y, w, z, *graph, tables, unweighted, num_nodes, dete
     def body(x, y, w, z, *graph):
         empty = jnp.zeros((0,), jnp.int32)
         senders, receivers = graph if graph else (empty, empty)
+        # dx of a graph: the edges taken in sender order (dx summed over each sender's run in registers).
+        lists = _edge_lists(senders, num_nodes)[:2] if graph and SLOT_X in grads else (empty, empty)
         # The handler's results dy, dw, dx: empty where not asked for.
         shapes = dict(zip(grads, (aval.shape for aval in ctx.avals_out)))
         outs = [jax.ShapeDtypeStruct(shapes.get(t, (0,)), dtype) for t in _GRADS_ORDER]
-        results = jax.ffi.ffi_call("jbm_tp_grads", outs)(x, y, w, z, senders, receivers, empty, empty, *consts, **attrs)
+        results = jax.ffi.ffi_call("jbm_tp_grads", outs)(x, y, w, z, senders, receivers, *lists, *consts, **attrs)
         return [results[_GRADS_ORDER.index(t)] for t in grads]
 
     return mlir.lower_fun(body, multiple_results=True)(ctx, x, y, w, z, *graph)
