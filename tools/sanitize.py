@@ -270,9 +270,12 @@ PARTS = {
     "tp": tp_cases,
     "tp-shaped": lambda: tp_cases(("shaped-medium", "shaped-large")),  # the compiled-shape kernels alone
     "conv": lambda: (conv_cases(), force_cases("step", (jnp.float32, jnp.float64))),
-    # the compiled shapes' edge kernels (forward; one-pass backward with dx by atomics, and without)
+    # the compiled shapes' edge kernels (forward; the gradient passes: every set of dx, dy, dw), the
+    # conv cases and the force steps (whose second-order calls ask for dx alone and dx+dw) also apart
     "shaped-conv": lambda: (conv_cases(("shaped-medium", "shaped-large")),
                             force_cases("step", (jnp.float32, jnp.float64), problem="shaped-medium")),
+    "shaped-conv-only": lambda: conv_cases(("shaped-medium", "shaped-large")),
+    "shaped-force": lambda: force_cases("step", (jnp.float32, jnp.float64), problem="shaped-medium"),
     "batmobile": batmobile_cases,
 }
 
