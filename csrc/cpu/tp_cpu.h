@@ -83,7 +83,7 @@ bool tp_row_uvu_shape(const core::TpCall& c, const core::TpPath* paths, const T*
 }
 
 // Gradients of a full channelwise product in one pass (per-row weights): those whose pointer is non-null
-// among dx, dy and dw (core::ShapeGrads masks X|Y|W, Y|W, X|W and X) of every row from x, y, w and the
+// among dx, dy and dw (core::ShapeGrads masks X|Y|W, Y|W and X: the sets Python asks for) of every row from x, y, w and the
 // output cotangent dz, channel by channel (core::uvu_shape_channel_grads, the GPU's formulas). `c` is a
 // call with the y operand's view of y (data, or edge vectors whose spherical harmonics are computed:
 // c.sh_lmax >= 0). Graph calls (c.nodes >= 0): rows are edges, x gathered by sender, dz by receiver, dx
@@ -138,8 +138,7 @@ bool tp_grads_uvu_shape(const core::TpCall& c, const core::TpPath* paths, const 
     switch (grads) {
       case kGradX | kGradY | kGradW: return run(IntC<kGradX | kGradY | kGradW>{});
       case kGradY | kGradW: return run(IntC<kGradY | kGradW>{});
-      case kGradX | kGradW: return run(IntC<kGradX | kGradW>{});
-      case kGradX: return run(IntC<kGradX>{});  // (a graph without edges asked for dx and dw)
+      case kGradX: return run(IntC<kGradX>{});  // (also a graph without edges asked for all three)
       default: return false;
     }
   });

@@ -1437,7 +1437,7 @@ bool launch_uvu_shaped_edges(cudaStream_t stream, const TpCall& c, const TpPath*
 }
 
 // tp_uvu_shaped_edge_grads_kernel<..., GRADS, T, SH> of shape S: the masks launched (the whole backward with
-// and without dx, the pairs of the force-training step's transposes, and each gradient alone; SH only
+// and without dx, and each gradient alone: the sets tensor_product.py's _fused_grads asks for; SH only
 // where the mask reads y); null for any other mask.
 template <typename S, typename T>
 using EdgeGradsKernel = void (*)(TpCall, int, const TpPath*, const T*, const T*, const T*, const T*, const T*, T*, T*,
@@ -1454,7 +1454,6 @@ EdgeGradsKernel<S, T> edge_grads_kernel(int grads, bool sh) {
   switch (grads) {
     case kGradX | kGradY | kGradW: return edge_grads_kernel_for<S, T, kGradX | kGradY | kGradW>(sh);
     case kGradY | kGradW: return edge_grads_kernel_for<S, T, kGradY | kGradW>(sh);
-    case kGradX | kGradW: return edge_grads_kernel_for<S, T, kGradX | kGradW>(sh);
     case kGradX: return edge_grads_kernel_for<S, T, kGradX>(sh);
     case kGradY: return edge_grads_kernel_for<S, T, kGradY>(sh);
     case kGradW: return edge_grads_kernel_for<S, T, kGradW>(sh);
