@@ -5,6 +5,7 @@ launch latency and XLA's index work) and the GPU time of one call by kernel (jax
 tools/kernel_times.py), which is what to compare between two builds.
 
     python tools/time_conv_parts.py [PROBLEM ...]     (tools/problems.py graphs; default mace-medium)
+    JBM_PARTS_ROLES=fwd,force python tools/time_conv_parts.py     (only those roles)
 
 A/B of two builds on one machine (benchmark medians differ ~15% between H100 machines): install each
 non-editable into its own folder, e.g. `pip install --no-build-isolation --no-deps --target /tmp/new .`
@@ -28,6 +29,10 @@ if os.environ.get("JBM_UVU_SHAPE") == "0":  # full channelwise problems on the t
     from jaxbatmobile._src import tensor_product
 
     tensor_product._uvu_shape = lambda tp: 0
+
+
+# JBM_PARTS_ROLES=fwd,force times only those roles (all by default).
+ROLES = [r for r in os.environ.get("JBM_PARTS_ROLES", "").split(",") if r]
 
 
 def host_median_ms(f, *args, runs=20):
@@ -72,6 +77,8 @@ for name in sys.argv[1:] or ["mace-medium" if jax.default_backend() == "gpu" els
             roles[role] = (jax.jit(grads), (x, y, w, dz))
         roles["force"] = (jax.jit(jax.grad(force_loss(det), argnums=(0, 1))), (x, w, pos))
         for role, (f, args) in roles.items():
+            if ROLES and role not in ROLES:
+                continue
             t0 = time.perf_counter()
             jax.block_until_ready(f(*args))
             first = time.perf_counter() - t0

@@ -176,16 +176,22 @@ JBM_HD bool shape_fits(const TpCall& c, int32_t mul) {
          c.dim_z == int64_t(mul) * S::kDimO && c.num_w == int64_t(mul) * S::kNumPaths;
 }
 
+// One path's scale at its instruction-order index: pw_by_index[off_w / mul] = w. False if the path is not
+// one of a full channelwise problem of multiplicity `mul` (GPU blocks place one path per thread).
+template <int N, typename T>
+JBM_HD bool shape_path_weight(const TpPath& p, T w, int32_t mul, T* pw_by_index) {
+  const int32_t n = p.off_w / mul;
+  if (p.off_w < 0 || p.off_w % mul != 0 || n >= N || p.mul1 != mul) return false;
+  pw_by_index[n] = w;
+  return true;
+}
+
 // The path scales of instruction order from a table in any order: pw_by_index[off_w / mul] = pw[pi].
 // False if the table is not that of a full channelwise problem of multiplicity `mul`.
 template <int N, typename T>
 JBM_HD bool shape_path_weights(const TpPath* paths, const T* pw, int32_t num_paths, int32_t mul, T* pw_by_index) {
-  for (int32_t pi = 0; pi < num_paths; ++pi) {
-    const TpPath& p = paths[pi];
-    const int32_t n = p.off_w / mul;
-    if (p.off_w < 0 || p.off_w % mul != 0 || n >= N || p.mul1 != mul) return false;
-    pw_by_index[n] = pw[pi];
-  }
+  for (int32_t pi = 0; pi < num_paths; ++pi)
+    if (!shape_path_weight<N>(paths[pi], pw[pi], mul, pw_by_index)) return false;
   return true;
 }
 
