@@ -1,18 +1,18 @@
-"""Where a benchmark's per-call time goes beyond its kernels: runs a jitted call `--calls` times back to
-back (as benchmarks/common.py's time_fn does) under jax's profiler and prints, from the GPU stream's
+"""Where a benchmark's per-call time goes beyond its kernels: runs a jitted call 20 times back to back
+(as benchmarks/common.py's time_fn does) under jax's profiler and prints, from the GPU stream's
 events, the wall time per call, the GPU busy time per call (kernels and memsets) and the idle gaps
 between consecutive events, plus the host's dispatch time per call (the loop without waiting). If the
 dispatch time per call exceeds the GPU time per call, the loop is host-bound.
 
     python tools/call_gaps.py [ROLE ...]     roles: conv-fwd (default), conv-fwd-det, tp-fwd
 """
-import glob
 import statistics
 import sys
 import tempfile
 import time
 
 import jax
+from kernel_times import stream_events
 from problems import inputs
 
 import jaxbatmobile as jb
@@ -28,21 +28,6 @@ def calls():
                          (x, y, w)),
         "tp-fwd": (jax.jit(tpl), (xl, yl, wl)),
     }
-
-
-def stream_events(trace_dir):
-    """(start ns, end ns, name) of every event on the GPU's stream lines, in start order."""
-    data = jax.profiler.ProfileData.from_file(glob.glob(trace_dir + "/**/*.xplane.pb", recursive=True)[0])
-    events = []
-    for plane in data.planes:
-        if not plane.name.startswith("/device:GPU"):
-            continue
-        for line in plane.lines:
-            if "Stream" not in line.name:
-                continue
-            for ev in line.events:
-                events.append((ev.start_ns, ev.start_ns + ev.duration_ns, ev.name[:60]))
-    return sorted(events)
 
 
 def main():
@@ -68,7 +53,7 @@ def main():
             out = f(*args)
         jax.block_until_ready(out)
         jax.profiler.stop_trace()
-        ev = stream_events(trace_dir)
+        ev = sorted((e.start_ns, e.start_ns + e.duration_ns, e.name[:60]) for e in stream_events(trace_dir))
         busy = sum(e - s for s, e, _ in ev)
         span = ev[-1][1] - ev[0][0]
         gaps = [max(0, ev[i + 1][0] - ev[i][1]) for i in range(len(ev) - 1)]

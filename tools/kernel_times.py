@@ -9,24 +9,29 @@ import tempfile
 import jax
 
 
-def kernel_table(fn, *args):
-    d = tempfile.mkdtemp()
-    jax.profiler.start_trace(d)
-    jax.block_until_ready(fn(*args))
-    jax.profiler.stop_trace()
-    data = jax.profiler.ProfileData.from_file(glob.glob(d + "/**/*.xplane.pb", recursive=True)[0])
-    totals = collections.defaultdict(lambda: [0.0, 0])
+def stream_events(trace_dir):
+    """The GPU stream lines' events (kernels, memsets, copies) of a jax.profiler trace in trace_dir."""
+    data = jax.profiler.ProfileData.from_file(glob.glob(trace_dir + "/**/*.xplane.pb", recursive=True)[0])
     for plane in data.planes:
         if not plane.name.startswith("/device:GPU"):
             continue
         for line in plane.lines:
             if "Stream" not in line.name:  # kernels and copies are on the stream lines
                 continue
-            for ev in line.events:
-                name = re.sub(r"jbm::cuda::\(anonymous namespace\)::|jbm::core::", "", ev.name)
-                name = name.split(">(")[0] + ">" if ">(" in name else name.split("(")[0]
-                totals[name][0] += ev.duration_ns / 1e6
-                totals[name][1] += 1
+            yield from line.events
+
+
+def kernel_table(fn, *args):
+    d = tempfile.mkdtemp()
+    jax.profiler.start_trace(d)
+    jax.block_until_ready(fn(*args))
+    jax.profiler.stop_trace()
+    totals = collections.defaultdict(lambda: [0.0, 0])
+    for ev in stream_events(d):
+        name = re.sub(r"jbm::cuda::\(anonymous namespace\)::|jbm::core::", "", ev.name)
+        name = name.split(">(")[0] + ">" if ">(" in name else name.split("(")[0]
+        totals[name][0] += ev.duration_ns / 1e6
+        totals[name][1] += 1
     return sorted(((t, n, name) for name, (t, n) in totals.items()), reverse=True)
 
 
