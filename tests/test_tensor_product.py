@@ -476,8 +476,9 @@ def test_fused_backward_handler_rejects_dx_without_compiled_shape(tps):
                                           num_nodes=None, sh=None)
     empty = jnp.zeros((0,), jnp.int32)
     outs = [jax.ShapeDtypeStruct((rows, width), np.float64) for width in (dim_y, num_w, dim_x)]
+    outs.append(jax.ShapeDtypeStruct((0,), np.float64))  # no scratch rows
     operands = [jnp.ones((rows, width), np.float64) for width in (dim_x, dim_y, num_w, dim_z)]
     call = jax.ffi.ffi_call("jbm_tp_grads", outs)
     with pytest.raises(Exception, match="dx of jbm_tp_grads is computed for products of a compiled shape only"):
         with jax.default_device(jax.devices("cpu")[0]):
-            jax.block_until_ready(call(*operands, empty, empty, empty, empty, *consts, **attrs))
+            jax.block_until_ready(call(*operands, *[empty] * 5, *consts, deterministic=np.int32(0), **attrs))

@@ -228,6 +228,17 @@ struct TpCall {
   JBM_HD bool reduces_rows() const { return slot == TpSlot::kW && shared_w; }
 };
 
+// The node-feature gradient of a graph's gradient call (jbm_tp_grads), taken in the order of the sender
+// lists (TpCall::seg_offsets / seg_edges). Deterministic: each sender's list is summed by its owner in
+// that order and stored, long lists split into pieces as a slot-x call's (TpCall::seg_pieces /
+// seg_scratch); otherwise added with atomic adds once per run of one sender.
+struct DxLists {
+  bool deterministic = false;
+  const int32_t* seg_pieces = nullptr;
+  void* seg_scratch = nullptr;
+  int64_t seg_scratch_rows = 0;
+};
+
 // Call c reading y as `from` does: data, or edge vectors whose spherical harmonics are computed (the
 // fused y and weight gradients run the y call's slot with the weight call's view of y).
 JBM_HD TpCall with_sh_of(TpCall c, const TpCall& from) {

@@ -487,6 +487,12 @@ __device__ inline void segment_range(const TpCall& c, int64_t n, int64_t* begin,
   *end = min(max(int64_t(c.seg_offsets[n + 1]), *begin), c.rows);
 }
 
+// Units of a deterministic launch: one per node and (an upper bound) one per scratch row of a split list;
+// segment_piece skips those past the last piece.
+__host__ __device__ inline int64_t node_piece_units(const TpCall& c) {
+  return c.nodes + (c.seg_pieces ? c.seg_scratch_rows : 0);
+}
+
 // Unit u of a deterministic launch on the channelwise kernel: piece j of node n's edge list
 // (TpCall::seg_pieces; without them, node u whole), where n + seg_pieces[n] <= u < n + 1 + seg_pieces[n + 1].
 // Sets the piece's edge range and its row: the node's output row (piece 0) or, with *in_scratch, a
@@ -817,8 +823,7 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_edge_kernel(TpCall c, int chu
   if (ch.m_off[c.num_paths] != c.yc_width) return;
 
   const bool det = c.segmented();
-  // deterministic: pieces of node lists (an upper bound; segment_piece skips the units past the last)
-  const int64_t units = det ? c.nodes + (c.seg_pieces ? c.seg_scratch_rows : 0) : (c.rows + chunk_size - 1) / chunk_size;
+  const int64_t units = det ? node_piece_units(c) : (c.rows + chunk_size - 1) / chunk_size;
   for (int64_t unit = blockIdx.x; unit < units; unit += gridDim.x) {
     int64_t begin = unit * chunk_size, end = min(begin + chunk_size, c.rows), node = unit, row = unit;
     bool in_scratch = false;
@@ -1122,7 +1127,7 @@ __global__ void __launch_bounds__(kThreads, kShapedEdgeMinBlocks<T>)
   const int64_t w_stride = c.shared_w ? 0 : c.num_w;
   const bool det = c.segmented();
   const int step = det ? kSize : chunk;
-  const int64_t units = det ? c.nodes + (c.seg_pieces ? c.seg_scratch_rows : 0) : (c.rows + chunk - 1) / chunk;
+  const int64_t units = det ? node_piece_units(c) : (c.rows + chunk - 1) / chunk;
   for (int64_t unit = blockIdx.x; unit < units; unit += gridDim.x) {
     int64_t begin = unit * chunk, end = min(begin + chunk, c.rows), node = unit, row = unit;
     bool in_scratch = false;
@@ -1169,21 +1174,35 @@ __global__ void __launch_bounds__(kThreads, kShapedEdgeMinBlocks<T>)
   }
 }
 
+// Deterministic edge-gradient units past the sender lists' pieces: the list's tail (edges whose sender is
+// out of range) in chunks of kMaxEdgeChunk, needed when dy or dw is asked for (those edges' zeros); an
+// upper bound (the tail's length is device data: the kernel skips the units past it).
+__host__ __device__ inline int64_t edge_grads_tail_units(const TpCall& c, int grads) {
+  return grads & (core::kGradY | core::kGradW) ? (c.rows + kMaxEdgeChunk - 1) / kMaxEdgeChunk : 0;
+}
+
 // Gradients of a graph call of a compiled shape, per edge: GRADS (core::ShapeGrads) among dy (the gradient
 // of the edge's y values: SH values for sh_conv), dw, and dx (the node features' gradient, summed over each
 // sender's edges). All three are the whole backward of conv / sh_conv in one pass; fewer are the
 // transposes of the force-training step's second-order calls; only the operands the mask reads are
 // loaded (core::grads_read_*). Edges are taken in the order `c.seg_edges` (the sender-sorted list when dx
-// is asked for; null: edge order), `chunk` at a time (balanced_chunk), and each thread takes a channel:
-// core::uvu_shape_channel_grads per channel and edge (strided channel accesses: see warp_shape_gather).
-// dx is summed in registers over each run of edges of one sender within a chunk and added to the sender's
-// row once per run by atomic adds (per edge, the atomics held the pass at the L2's atomic rate: 77 M of
-// them for MACE-medium's 150k edges); x is loaded once per run. Each edge's dy partials are summed over a
-// warp's channels (warp_sum_pairs) into shared memory and over the warps once per chunk. dy and dw are
-// written once per edge, in a fixed order (deterministic); dx is not (atomics: atomic mode only).
+// is asked for; null: edge order), and each thread takes a channel: core::uvu_shape_channel_grads per
+// channel and edge (strided channel accesses: see warp_shape_gather). Blocks take units of the list:
+// * atomic (det false): `chunk` entries (balanced_chunk); dx is summed in registers over each run of
+//   edges of one sender within the chunk and added to the sender's row once per run by atomic adds (per
+//   edge, the atomics held the pass at the L2's atomic rate: 77 M of them for MACE-medium's 150k edges);
+// * deterministic (dx asked for, det true): a piece of one sender's list (segment_piece over the sender
+//   lists; c.seg_pieces / seg_scratch split long lists as a slot-x call's), whose dx is summed in the
+//   list's order and stored (a later piece's in its scratch row: add_segment_pieces), then, when dy or
+//   dw is asked for, the list's tail (edges whose sender is out of range: zero gradients), kMaxEdgeChunk
+//   entries at a time.
+// x is loaded once per run of one sender. Each edge's dy partials are summed over a warp's channels
+// (warp_sum_pairs) into shared memory and over the warps once per chunk. dy and dw are written once per
+// edge, in a fixed order (deterministic in both modes).
 template <uint32_t X, uint32_t Y, uint32_t O, int GRADS, typename T, bool SH>
 __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
-    tp_uvu_shaped_edge_grads_kernel(TpCall c, int chunk, const TpPath* __restrict__ paths_g, const T* __restrict__ pw_g,
+    tp_uvu_shaped_edge_grads_kernel(TpCall c, int chunk, bool det, const TpPath* __restrict__ paths_g,
+                                    const T* __restrict__ pw_g,
                                     const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
                                     const T* __restrict__ dz, T* __restrict__ dx, T* __restrict__ dy,
                                     T* __restrict__ dw) {
@@ -1204,105 +1223,121 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
   const int32_t mul = static_cast<int32_t>(c.dim_x / S::kDimX);
   load_shape_path_weights<S::kNumPaths>(paths_g, pw_g, c.num_paths, mul, pw);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int64_t chunks = (c.rows + chunk - 1) / chunk;
-  for (int64_t unit = blockIdx.x; unit < chunks; unit += gridDim.x) {
-    const int64_t k0 = unit * chunk;
-    const int count = static_cast<int>(min(int64_t(chunk), c.rows - k0));
-    if (threadIdx.x < count) {
-      const int64_t k = k0 + threadIdx.x;
-      const int64_t e = c.seg_edges ? int64_t(c.seg_edges[k]) : k;
-      const bool in_range = e >= 0 && e < c.rows;  // (a list is a permutation of the edges: always true)
-      int64_t rx = -1, rz = -1;
-      const bool ok = in_range && c.edge_rows(e, &rx, &rz);
-      edge[threadIdx.x] = in_range ? static_cast<int32_t>(e) : -1;  // -1: no rows of this entry are written
-      src_x[threadIdx.x] = ok ? static_cast<int32_t>(rx) : -1;
-      src_z[threadIdx.x] = ok ? static_cast<int32_t>(rz) : -1;
-      if constexpr (kReadY) {
-        if (SH && ok) core::tp_sh_row(c, y + e * 3, y_rows[threadIdx.x]);
-        if (!SH && ok)
-          for (int j = 0; j < S::kDimY; ++j) y_rows[threadIdx.x][j] = y[e * c.dim_y + j];
-      }
+  const int64_t pieces = det ? node_piece_units(c) : 0;
+  const int64_t units = det ? pieces + edge_grads_tail_units(c, GRADS) : (c.rows + chunk - 1) / chunk;
+  for (int64_t unit = blockIdx.x; unit < units; unit += gridDim.x) {
+    int64_t begin = unit * chunk, end = min(begin + chunk, c.rows), node = -1, row = -1;
+    bool in_scratch = false;
+    if (det && unit < pieces) {
+      if (!segment_piece(c, unit, &node, &row, &in_scratch, &begin, &end)) continue;  // uniform over the block
+    } else if (det) {  // the tail of the list: edges without a valid sender
+      begin = min(max(int64_t(c.seg_offsets[c.nodes]), int64_t(0)), c.rows) + (unit - pieces) * kSize;
+      if (begin >= c.rows) continue;
+      end = min(begin + kSize, c.rows);
     }
-    __syncthreads();
-    for (int32_t u0 = 0; u0 < mul; u0 += blockDim.x) {  // block-uniform: thread u0 + threadIdx.x's channel
-      const int32_t u = u0 + threadIdx.x;
-      const bool active = u < mul;
-      T xu[S::kDimX], acc[kDx ? S::kDimX : 1];
-      int32_t x_row = -1;  // the sender whose x components xu holds
-      for (int k = 0; k < (kDx ? S::kDimX : 1); ++k) acc[k] = T(0);
-      T w_nxt[PF ? S::kNumPaths : 1], dz_nxt[PF ? S::kDimO : 1];
-      auto prefetch = [&](int t) {
-        if constexpr (PF)
-          if (t < count && src_x[t] >= 0 && active) {
-            for (int n = 0; n < S::kNumPaths; ++n) w_nxt[n] = w[int64_t(edge[t]) * c.num_w + int64_t(n) * mul + u];
-            core::shape_gather<O>(dz + int64_t(src_z[t]) * c.dim_z, mul, u, dz_nxt);
-          }
-      };
-      if constexpr (PF) prefetch(0);
-      for (int t = 0; t < count; ++t) {
-        const int64_t e = edge[t];
-        const int32_t rx = src_x[t];
-        T w_cur[PF ? S::kNumPaths : 1], dz_cur[PF ? S::kDimO : 1];
-        if constexpr (PF) {
-          for (int n = 0; n < S::kNumPaths; ++n) w_cur[n] = w_nxt[n];
-          for (int k = 0; k < S::kDimO; ++k) dz_cur[k] = dz_nxt[k];
-          prefetch(t + 1);
+    T* dx_dst = kDx && node >= 0 ? (in_scratch ? static_cast<T*>(c.seg_scratch) : dx) + row * c.dim_x : nullptr;
+    for (int64_t k0 = begin;; k0 += kSize) {  // at least once: a sender without edges stores zeros
+      const int count = static_cast<int>(min(int64_t(kSize), end - k0));
+      if (threadIdx.x < count) {
+        const int64_t k = k0 + threadIdx.x;
+        const int64_t e = c.seg_edges ? int64_t(c.seg_edges[k]) : k;
+        const bool in_range = e >= 0 && e < c.rows;  // (a list is a permutation of the edges: always true)
+        int64_t rx = -1, rz = -1;
+        const bool ok = in_range && c.edge_rows(e, &rx, &rz);
+        edge[threadIdx.x] = in_range ? static_cast<int32_t>(e) : -1;  // -1: no rows of this entry are written
+        src_x[threadIdx.x] = ok ? static_cast<int32_t>(rx) : -1;
+        src_z[threadIdx.x] = ok ? static_cast<int32_t>(rz) : -1;
+        if constexpr (kReadY) {
+          if (SH && ok) core::tp_sh_row(c, y + e * 3, y_rows[threadIdx.x]);
+          if (!SH && ok)
+            for (int j = 0; j < S::kDimY; ++j) y_rows[threadIdx.x][j] = y[e * c.dim_y + j];
         }
-        T dyv[kGradsMaxDimY];
-        for (int j = 0; j < kGradsMaxDimY; ++j) dyv[j] = T(0);
-        if (rx >= 0 && active) {
-          T yv[S::kDimY];
-          for (int j = 0; j < S::kDimY; ++j) yv[j] = kReadY ? y_rows[kReadY ? t : 0][j] : T(0);
-          const T* wr = w + e * c.num_w;
-          T* dwr = dw + e * c.num_w;
-          T dzu[S::kDimO], dxu[S::kDimX];
-          if constexpr (kReadX)
-            if (rx != x_row) {
-              core::shape_gather<X>(x + int64_t(rx) * c.dim_x, mul, u, xu);
-              x_row = rx;
+      }
+      __syncthreads();
+      for (int32_t u0 = 0; u0 < mul; u0 += blockDim.x) {  // block-uniform: thread u0 + threadIdx.x's channel
+        const int32_t u = u0 + threadIdx.x;
+        const bool active = u < mul;
+        T xu[S::kDimX], acc[kDx ? S::kDimX : 1];
+        int32_t x_row = -1;  // the sender whose x components xu holds
+        for (int k = 0; k < (kDx ? S::kDimX : 1); ++k) acc[k] = T(0);
+        T w_nxt[PF ? S::kNumPaths : 1], dz_nxt[PF ? S::kDimO : 1];
+        auto prefetch = [&](int t) {
+          if constexpr (PF)
+            if (t < count && src_x[t] >= 0 && active) {
+              for (int n = 0; n < S::kNumPaths; ++n) w_nxt[n] = w[int64_t(edge[t]) * c.num_w + int64_t(n) * mul + u];
+              core::shape_gather<O>(dz + int64_t(src_z[t]) * c.dim_z, mul, u, dz_nxt);
             }
+        };
+        if constexpr (PF) prefetch(0);
+        for (int t = 0; t < count; ++t) {
+          const int64_t e = edge[t];
+          const int32_t rx = src_x[t];
+          T w_cur[PF ? S::kNumPaths : 1], dz_cur[PF ? S::kDimO : 1];
           if constexpr (PF) {
-            for (int k = 0; k < S::kDimO; ++k) dzu[k] = dz_cur[k];
-          } else {
-            core::shape_gather<O>(dz + int64_t(src_z[t]) * c.dim_z, mul, u, dzu);
+            for (int n = 0; n < S::kNumPaths; ++n) w_cur[n] = w_nxt[n];
+            for (int k = 0; k < S::kDimO; ++k) dz_cur[k] = dz_nxt[k];
+            prefetch(t + 1);
           }
-          core::uvu_shape_channel_grads<X, Y, O, GRADS>(
-              xu, yv, dzu, pw,
-              [&](int n) {
-                if constexpr (PF) return w_cur[n];
-                else return wr[int64_t(n) * mul + u];
-              },
-              dxu, dyv,
-              [&](int n, T v) { dwr[int64_t(n) * mul + u] = v; });
-          if constexpr (kDx) {
-            for (int k = 0; k < S::kDimX; ++k) acc[k] += dxu[k];
-            if (t + 1 == count || src_x[t + 1] != rx) {  // the run of sender rx ends: one add per component
-              T* dx_row = dx + int64_t(rx) * c.dim_x;
-              core::shape_for_each<X>(mul, u, [&](int64_t at, int k) { atomicAdd(dx_row + at, acc[k]); });
-              for (int k = 0; k < S::kDimX; ++k) acc[k] = T(0);
+          T dyv[kGradsMaxDimY];
+          for (int j = 0; j < kGradsMaxDimY; ++j) dyv[j] = T(0);
+          if (rx >= 0 && active) {
+            T yv[S::kDimY];
+            for (int j = 0; j < S::kDimY; ++j) yv[j] = kReadY ? y_rows[kReadY ? t : 0][j] : T(0);
+            const T* wr = w + e * c.num_w;
+            T* dwr = dw + e * c.num_w;
+            T dzu[S::kDimO], dxu[S::kDimX];
+            if constexpr (kReadX)
+              if (rx != x_row) {
+                core::shape_gather<X>(x + int64_t(rx) * c.dim_x, mul, u, xu);
+                x_row = rx;
+              }
+            if constexpr (PF) {
+              for (int k = 0; k < S::kDimO; ++k) dzu[k] = dz_cur[k];
+            } else {
+              core::shape_gather<O>(dz + int64_t(src_z[t]) * c.dim_z, mul, u, dzu);
+            }
+            core::uvu_shape_channel_grads<X, Y, O, GRADS>(
+                xu, yv, dzu, pw,
+                [&](int n) {
+                  if constexpr (PF) return w_cur[n];
+                  else return wr[int64_t(n) * mul + u];
+                },
+                dxu, dyv,
+                [&](int n, T v) { dwr[int64_t(n) * mul + u] = v; });
+            if constexpr (kDx) {
+              for (int k = 0; k < S::kDimX; ++k) acc[k] += dxu[k];
+              if (!det && (t + 1 == count || src_x[t + 1] != rx)) {  // sender rx's run ends: one add per component
+                T* dx_row = dx + int64_t(rx) * c.dim_x;
+                core::shape_for_each<X>(mul, u, [&](int64_t at, int k) { atomicAdd(dx_row + at, acc[k]); });
+                for (int k = 0; k < S::kDimX; ++k) acc[k] = T(0);
+              }
+            }
+          } else if (kDw && rx < 0 && u0 == 0 && e >= 0) {  // a dropped edge: zero gradients (dy: zero partials)
+            for (int64_t k = threadIdx.x; k < c.num_w; k += blockDim.x) dw[e * c.num_w + k] = T(0);
+          }
+          if constexpr (kDy) {  // summed over the channel rounds by the same thread
+            const T sum = warp_sum_pairs(dyv);
+            if (lane % 2 == 0 && lane / 2 < S::kDimY) {
+              T& slot = dy_warps[t][warp][lane / 2];
+              slot = u0 == 0 ? sum : slot + sum;
             }
           }
-        } else if (kDw && rx < 0 && u0 == 0 && e >= 0) {  // a dropped edge: zero gradients (dy: zero partials)
-          for (int64_t k = threadIdx.x; k < c.num_w; k += blockDim.x) dw[e * c.num_w + k] = T(0);
         }
-        if constexpr (kDy) {  // summed over the channel rounds by the same thread
-          const T sum = warp_sum_pairs(dyv);
-          if (lane % 2 == 0 && lane / 2 < S::kDimY) {
-            T& slot = dy_warps[t][warp][lane / 2];
-            slot = u0 == 0 ? sum : slot + sum;
-          }
+        if (kDx && dx_dst && active)  // deterministic: the piece's row, stored by its owner (later chunks add)
+          core::shape_for_each<X>(mul, u,
+                                  [&](int64_t at, int k) { dx_dst[at] = k0 > begin ? dx_dst[at] + acc[k] : acc[k]; });
+      }
+      __syncthreads();
+      if constexpr (kDy) {
+        for (int i = threadIdx.x; i < count * S::kDimY; i += blockDim.x) {
+          const int t = i / S::kDimY, j = i % S::kDimY;
+          T total = T(0);
+          for (int k = 0; k < kWarps; ++k) total += dy_warps[t][k][j];
+          if (edge[t] >= 0) dy[int64_t(edge[t]) * c.dim_y + j] = total;
         }
+        __syncthreads();  // the chunk's staging is reused
       }
-    }
-    __syncthreads();
-    if constexpr (kDy) {
-      for (int i = threadIdx.x; i < count * S::kDimY; i += blockDim.x) {
-        const int t = i / S::kDimY, j = i % S::kDimY;
-        T total = T(0);
-        for (int k = 0; k < kWarps; ++k) total += dy_warps[t][k][j];
-        if (edge[t] >= 0) dy[int64_t(edge[t]) * c.dim_y + j] = total;
-      }
-      __syncthreads();  // the chunk's staging is reused
+      if (k0 + kSize >= end) break;
     }
   }
 }
@@ -1477,7 +1512,7 @@ bool launch_uvu_shaped_edges(cudaStream_t stream, const TpCall& c, const TpPath*
     static std::atomic<int> resident[2];  // blocks per SM of each kernel, queried once
     const bool det = c.segmented();
     const int chunk = det ? kMaxEdgeChunk : balanced_chunk(c.rows, resident_blocks(kernel, &resident[sh]));
-    const int64_t units = det ? c.nodes + (c.seg_pieces ? c.seg_scratch_rows : 0) : (c.rows + chunk - 1) / chunk;
+    const int64_t units = det ? node_piece_units(c) : (c.rows + chunk - 1) / chunk;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(units, int64_t(1) << 20));
     *err = cudaSuccess;
     if (blocks == 0) return true;
@@ -1491,8 +1526,8 @@ bool launch_uvu_shaped_edges(cudaStream_t stream, const TpCall& c, const TpPath*
 // and without dx, and each gradient alone: the sets tensor_product.py's _fused_grads asks for; SH only
 // where the mask reads y); null for any other mask.
 template <typename S, typename T>
-using EdgeGradsKernel = void (*)(TpCall, int, const TpPath*, const T*, const T*, const T*, const T*, const T*, T*, T*,
-                                 T*);
+using EdgeGradsKernel = void (*)(TpCall, int, bool, const TpPath*, const T*, const T*, const T*, const T*, const T*,
+                                 T*, T*, T*);
 template <typename S, typename T, int GRADS>
 EdgeGradsKernel<S, T> edge_grads_kernel_for(bool sh) {
   if constexpr (core::grads_read_y(GRADS))
@@ -1513,14 +1548,16 @@ EdgeGradsKernel<S, T> edge_grads_kernel(int grads, bool sh) {
 }
 
 // Gradients of a graph call of a compiled shape (tp_uvu_shaped_edge_grads_kernel): those whose pointer
-// is non-null among dx [nodes, dim_x] (atomic adds), dy and dw; the operands they do not read may be
-// null. `c` is a call with the y operand's view of y (edge vectors when c.sh_lmax >= 0). False when the
-// call is not one (the caller runs the other kernels).
+// is non-null among dx [nodes, dim_x] (atomic adds, or with dx_lists.deterministic stored per sender),
+// dy and dw; the operands they do not read may be null. `c` is a call with the y operand's view of y
+// (edge vectors when c.sh_lmax >= 0). False when the call is not one (the caller runs the other kernels).
 template <typename T>
 bool launch_uvu_shaped_edge_grads(cudaStream_t stream, const TpCall& c, const TpPath* paths, const T* pw, const T* x,
-                                  const T* y, const T* w, const T* z, T* dx, T* dy, T* dw, cudaError_t* err) {
+                                  const T* y, const T* w, const T* z, T* dx, T* dy, T* dw, cudaError_t* err,
+                                  const core::DxLists& dx_lists = {}) {
   if (c.nodes < 0 || c.shared_w || c.kernel != core::TpKernel::kUvu || c.sh_lmax > core::kCgMaxL) return false;
   const int grads = (dx ? core::kGradX : 0) | (dy ? core::kGradY : 0) | (dw ? core::kGradW : 0);
+  const bool det = dx && dx_lists.deterministic && c.seg_offsets && c.seg_edges;
   return core::uvu_shape_dispatch(c.uvu_shape, [&](auto shape) {
     using S = decltype(shape);
     if (shaped_mul<S>(c) == 0) return false;
@@ -1528,13 +1565,27 @@ bool launch_uvu_shaped_edge_grads(cudaStream_t stream, const TpCall& c, const Tp
     if (sh && core::sh_dim(c.sh_lmax) != c.dim_y) return false;
     const EdgeGradsKernel<S, T> kernel = edge_grads_kernel<S, T>(grads, sh);
     if (kernel == nullptr) return false;
-    *err = dx ? cudaMemsetAsync(dx, 0, c.nodes * c.dim_x * sizeof(T), stream) : cudaSuccess;
+    // Atomic adds need a zeroed dx; the deterministic units store every sender's row (none without edges).
+    *err = dx && (!det || c.rows == 0) ? cudaMemsetAsync(dx, 0, c.nodes * c.dim_x * sizeof(T), stream) : cudaSuccess;
     if (*err != cudaSuccess || c.rows == 0) return true;
+    TpCall call = c;  // the sender lists' pieces (deterministic dx)
+    call.seg_pieces = det ? dx_lists.seg_pieces : nullptr;
+    call.seg_scratch = det ? dx_lists.seg_scratch : nullptr;
+    call.seg_scratch_rows = det && dx_lists.seg_pieces ? dx_lists.seg_scratch_rows : 0;
     static std::atomic<int> resident[8][2];  // blocks per SM of each kernel, queried once
-    const int chunk = balanced_chunk(c.rows, resident_blocks(kernel, &resident[grads][sh]));
-    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((c.rows + chunk - 1) / chunk, int64_t(1) << 20));
-    kernel<<<blocks, kThreads, 0, stream>>>(c, chunk, paths, pw, x, y, w, z, dx, dy, dw);
+    const int chunk = det ? kMaxEdgeChunk : balanced_chunk(c.rows, resident_blocks(kernel, &resident[grads][sh]));
+    const int64_t units =
+        det ? node_piece_units(call) + edge_grads_tail_units(call, grads) : (c.rows + chunk - 1) / chunk;
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(units, int64_t(1) << 20));
+    kernel<<<blocks, kThreads, 0, stream>>>(call, chunk, det, paths, pw, x, y, w, z, dx, dy, dw);
     *err = cudaGetLastError();
+    if (*err == cudaSuccess && det && call.seg_scratch_rows > 0) {  // split lists: the later pieces' rows
+      TpCall pieces = call;
+      pieces.slot = TpSlot::kX;  // (rows of dx's width)
+      add_segment_pieces<T><<<static_cast<unsigned>(std::min<int64_t>(c.nodes, int64_t(1) << 20)), kThreads, 0, stream>>>(
+          pieces, dx);
+      *err = cudaGetLastError();
+    }
     return true;
   });
 }
@@ -1574,7 +1625,7 @@ bool launch_uvu_edges(cudaStream_t stream, const TpCall& c, const TpPath* paths,
   bool shaped = false;
   if constexpr (SLOT == TpSlot::kZ) shaped = launch_uvu_shaped_edges<T>(stream, c, paths, pw, ops, out, err);
   if (!shaped) {
-    const int64_t units = det ? c.nodes + (pieces ? c.seg_scratch_rows : 0) : (c.rows + size - 1) / size;
+    const int64_t units = det ? node_piece_units(c) : (c.rows + size - 1) / size;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(units, int64_t(1) << 20));
     if (blocks == 0) return true;
     auto kernel = c.sh_lmax >= 0 ? tp_uvu_edge_kernel<SLOT, T, true> : tp_uvu_edge_kernel<SLOT, T, false>;
@@ -1697,10 +1748,11 @@ cudaError_t launch_tp(cudaStream_t stream, const TpCall& c, const TpPath* paths,
 template <typename T>
 cudaError_t launch_tp_grads(cudaStream_t stream, const TpCall& cy, const TpCall& cw, const TpPath* paths,
                          const int32_t* cg_ijk, const T* cg_c, const T* pw, const T* x, const T* y, const T* w,
-                         const T* z, T* dy, T* dw, T* dx) {
+                         const T* z, T* dy, T* dw, T* dx, const core::DxLists& dx_lists) {
   cudaError_t err = cudaSuccess;
   if (dy && dw && launch_uvu_shaped_grads<T>(stream, cy, paths, pw, x, y, w, z, dx, dy, dw, &err)) return err;
-  if (launch_uvu_shaped_edge_grads<T>(stream, core::with_sh_of(cy, cw), paths, pw, x, y, w, z, dx, dy, dw, &err))
+  if (launch_uvu_shaped_edge_grads<T>(stream, core::with_sh_of(cy, cw), paths, pw, x, y, w, z, dx, dy, dw, &err,
+                                      dx_lists))
     return err;
   if (dx) return cudaErrorInvalidValue;  // the handler asks for dx only where the lines above serve it
   // Measured on H100 (benchmarks/NOTES.md, session 6): the fused pass wins on graph calls (MACE-medium
@@ -1723,10 +1775,11 @@ template cudaError_t launch_tp<double>(cudaStream_t, const TpCall&, const TpPath
 
 template cudaError_t launch_tp_grads<float>(cudaStream_t, const TpCall&, const TpCall&, const TpPath*, const int32_t*,
                                          const float*, const float*, const float*, const float*, const float*,
-                                         const float*, float*, float*, float*);
+                                         const float*, float*, float*, float*, const core::DxLists&);
 template cudaError_t launch_tp_grads<double>(cudaStream_t, const TpCall&, const TpCall&, const TpPath*, const int32_t*,
                                           const double*, const double*, const double*, const double*,
-                                          const double*, const double*, double*, double*, double*);
+                                          const double*, const double*, double*, double*, double*,
+                                          const core::DxLists&);
 
 }  // namespace jbm::cuda
 

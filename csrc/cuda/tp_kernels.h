@@ -17,11 +17,13 @@ cudaError_t launch_tp(cudaStream_t stream, const core::TpCall& call, const core:
 // y), dw (call `cw`, slot w; per-row weights) and dx. dy and dw run in one pass when the channelwise
 // kernel serves them (x, z and the weights read once), else one after the other; for products of a
 // compiled shape (core/tp_uvu_shape.h) any set runs in one pass (on a graph: dx [nodes, dim_x], summed
-// over each sender's edges by atomic adds); dx of any other call is cudaErrorInvalidValue. y: the y
-// operand of `cw` (data, or edge vectors when cw.sh_lmax >= 0).
+// over each sender's edges by atomic adds, or stored per sender in a fixed order: core::DxLists); dx of
+// any other call is cudaErrorInvalidValue. y: the y operand of `cw` (data, or edge vectors when
+// cw.sh_lmax >= 0).
 template <typename T>
 cudaError_t launch_tp_grads(cudaStream_t stream, const core::TpCall& cy, const core::TpCall& cw,
                          const core::TpPath* paths, const int32_t* cg_ijk, const T* cg_c, const T* path_weight,
-                         const T* x, const T* y, const T* w, const T* z, T* dy, T* dw, T* dx);
+                         const T* x, const T* y, const T* w, const T* z, T* dy, T* dw, T* dx,
+                         const core::DxLists& dx_lists);
 
 }  // namespace jbm::cuda

@@ -43,18 +43,22 @@ ffi::Error tp_cuda(cudaStream_t stream, ffi::AnyBuffer a, ffi::AnyBuffer b, ffi:
 // The gradients of slot z's operands (jbm_tp_grads): dy and dw in one pass on the channelwise kernel, and
 // for products of a compiled shape any of dx, dy, dw in one pass (csrc/cuda/tp_kernels.cu).
 ffi::Error tp_grads_cuda(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer y, ffi::AnyBuffer w, ffi::AnyBuffer z,
-                      ffi::AnyBuffer senders, ffi::AnyBuffer receivers, ffi::AnyBuffer seg_offsets,
-                      ffi::AnyBuffer seg_edges, ffi::AnyBuffer paths, ffi::AnyBuffer cg_ijk, ffi::AnyBuffer cg_c,
-                      ffi::AnyBuffer pw, ffi::Result<ffi::AnyBuffer> dy, ffi::Result<ffi::AnyBuffer> dw,
-                      ffi::Result<ffi::AnyBuffer> dx, int32_t shared_w, int32_t with_unweighted, int32_t dim_x, int32_t dim_y, int32_t dim_z,
-                      int32_t num_w, int64_t num_items, int32_t kernel, int32_t zero_fill, int64_t num_nodes,
-                      int32_t sh_lmax, int32_t sh_normalize, int32_t sh_normalization, int32_t yc_width) {
+                         ffi::AnyBuffer senders, ffi::AnyBuffer receivers, ffi::AnyBuffer seg_offsets,
+                         ffi::AnyBuffer seg_edges, ffi::AnyBuffer seg_pieces, ffi::AnyBuffer paths, ffi::AnyBuffer cg_ijk,
+                         ffi::AnyBuffer cg_c, ffi::AnyBuffer pw, ffi::Result<ffi::AnyBuffer> dy,
+                         ffi::Result<ffi::AnyBuffer> dw, ffi::Result<ffi::AnyBuffer> dx,
+                         ffi::Result<ffi::AnyBuffer> scratch, int32_t deterministic, int32_t shared_w,
+                         int32_t with_unweighted, int32_t dim_x, int32_t dim_y, int32_t dim_z, int32_t num_w,
+                         int64_t num_items, int32_t kernel, int32_t zero_fill, int64_t num_nodes, int32_t sh_lmax,
+                         int32_t sh_normalize, int32_t sh_normalization, int32_t yc_width) {
   TpBuffers bufs_y, bufs_w;
   core::TpCall call_y, call_w;
-  ffi::Error error = check_tp_grads(x, y, w, z, senders, receivers, seg_offsets, seg_edges, paths, cg_ijk, cg_c, pw, *dy,
-                                 *dw, *dx, shared_w, with_unweighted, dim_x, dim_y, dim_z, num_w, num_items, kernel,
-                                 zero_fill, num_nodes, sh_lmax, sh_normalize, sh_normalization, yc_width, &bufs_y,
-                                 &call_y, &bufs_w, &call_w);
+  core::DxLists dx_lists;
+  ffi::Error error = check_tp_grads(x, y, w, z, senders, receivers, seg_offsets, seg_edges, seg_pieces, paths, cg_ijk,
+                                    cg_c, pw, *dy, *dw, *dx, *scratch, deterministic, shared_w, with_unweighted, dim_x,
+                                    dim_y, dim_z, num_w, num_items, kernel, zero_fill, num_nodes, sh_lmax,
+                                    sh_normalize, sh_normalization, yc_width, &bufs_y, &call_y, &bufs_w, &call_w,
+                                    &dx_lists);
   if (error.failure()) return error;
   auto launch = [&](auto zero) {
     using T = decltype(zero);
@@ -62,7 +66,7 @@ ffi::Error tp_grads_cuda(cudaStream_t stream, ffi::AnyBuffer x, ffi::AnyBuffer y
     auto result = [](ffi::AnyBuffer& b) { return b.element_count() ? static_cast<T*>(b.untyped_data()) : nullptr; };
     return cuda::launch_tp_grads<T>(stream, call_y, call_w, static_cast<const core::TpPath*>(paths.untyped_data()),
                                  static_cast<const int32_t*>(cg_ijk.untyped_data()), data(cg_c), data(pw), data(x),
-                                 data(y), data(w), data(z), result(*dy), result(*dw), result(*dx));
+                                 data(y), data(w), data(z), result(*dy), result(*dw), result(*dx), dx_lists);
   };
   const cudaError_t err = x.element_type() == ffi::DataType::F32 ? launch(float{}) : launch(double{});
   if (err != cudaSuccess)

@@ -207,28 +207,34 @@ inline xla::ffi::Error check_tp_paths(const core::TpCall& c, const core::TpPath*
 // as the calls they replace: slot y from (x, w, z), slot w from (x, y, z), slot x from (y, w, z). y may be
 // edge vectors (sh_lmax >= 0): dw and dx read them; dy is the gradient with respect to y's values (the
 // spherical harmonics). dx has x's shape: [rows, dim_x], or [num_nodes, dim_x] for a graph call (summed
-// over each sender's edges, taken in the order of the sender lists seg_offsets / seg_edges). Any set other than {dy, dw} is served for products of a compiled shape
-// only (csrc/core/tp_uvu_shape.h); Python asks for one only then (tensor_product.py, _fused_grads).
+// over each sender's edges, taken in the order of the sender lists seg_offsets / seg_edges). With
+// `deterministic` set, dx is summed per sender in a fixed order and stored, not added atomically (the
+// sender lists are then required; seg_pieces and the scratch result split long lists as in jbm_tp;
+// returned in *dx_lists). Any set other than {dy, dw} is served for products of a compiled shape only
+// (csrc/core/tp_uvu_shape.h); Python asks for one only then (tensor_product.py, _fused_grads).
 inline constexpr const char* kTpGradsOp = "jbm_tp_grads";
+
 
 inline xla::ffi::Error check_tp_grads(const xla::ffi::AnyBuffer& x, const xla::ffi::AnyBuffer& y,
                                       const xla::ffi::AnyBuffer& w, const xla::ffi::AnyBuffer& z,
                                       const xla::ffi::AnyBuffer& senders, const xla::ffi::AnyBuffer& receivers,
                                       const xla::ffi::AnyBuffer& seg_offsets, const xla::ffi::AnyBuffer& seg_edges,
-                                      const xla::ffi::AnyBuffer& paths, const xla::ffi::AnyBuffer& cg_ijk,
-                                      const xla::ffi::AnyBuffer& cg_c, const xla::ffi::AnyBuffer& path_weight,
-                                      const xla::ffi::AnyBuffer& dy, const xla::ffi::AnyBuffer& dw,
-                                      const xla::ffi::AnyBuffer& dx, int32_t shared_w, int32_t with_unweighted,
+                                      const xla::ffi::AnyBuffer& seg_pieces, const xla::ffi::AnyBuffer& paths,
+                                      const xla::ffi::AnyBuffer& cg_ijk, const xla::ffi::AnyBuffer& cg_c,
+                                      const xla::ffi::AnyBuffer& path_weight, const xla::ffi::AnyBuffer& dy,
+                                      const xla::ffi::AnyBuffer& dw, const xla::ffi::AnyBuffer& dx,
+                                      xla::ffi::AnyBuffer& scratch, int32_t deterministic, int32_t shared_w,
+                                      int32_t with_unweighted,
                                       int32_t dim_x, int32_t dim_y, int32_t dim_z, int32_t num_w, int64_t num_items,
                                       int32_t kernel, int32_t zero_fill, int64_t num_nodes, int32_t sh_lmax,
                                       int32_t sh_normalize, int32_t sh_normalization, int32_t yc_width,
                                       TpBuffers* bufs_y, core::TpCall* call_y, TpBuffers* bufs_w,
-                                      core::TpCall* call_w) {
+                                      core::TpCall* call_w, core::DxLists* dx_lists) {
   if (shared_w) return ffi_util::invalid(kTpGradsOp, " needs per-row weights (shared_w = 0)");
   // Edge lists (graph calls; check_tp checks their sizes): the order the edges are taken in, the senders'
   // when dx is asked for (its sums run over each sender's edges); else empty.
   const auto asked = [](const xla::ffi::AnyBuffer& r) { return r.element_count() != 0 ? &r : nullptr; };
-  // (seg_offsets also stands for the absent seg_pieces operand, dropped below; no scratch result.)
+  // (seg_offsets stands in for seg_pieces here, dropped below: dx's pieces are checked at the end.)
   xla::ffi::Error error = check_tp(x, w, z, senders, receivers, seg_offsets, seg_edges, seg_offsets, nullptr, paths,
                                    cg_ijk, cg_c, path_weight, asked(dy), static_cast<int32_t>(core::TpSlot::kY),
                                    shared_w, with_unweighted, dim_x, dim_y, dim_z, num_w, num_items, kernel, zero_fill,
@@ -245,6 +251,22 @@ inline xla::ffi::Error check_tp_grads(const xla::ffi::AnyBuffer& x, const xla::f
   const int64_t dx_rows = num_nodes >= 0 ? num_nodes : call_y->rows;
   if (dx.element_type() != x.element_type() || static_cast<int64_t>(dx.element_count()) != dx_rows * dim_x)
     return ffi_util::invalid("dx (output) of ", kTpGradsOp, " must have x's dtype and shape, or be empty");
+  if (!deterministic || num_nodes < 0) return error;
+  if (call_y->rows > 0 && call_y->seg_edges == nullptr)  // (E = 0: the lists are empty)
+    return ffi_util::invalid("the deterministic dx of ", kTpGradsOp, " needs the sender lists seg_offsets / seg_edges");
+  dx_lists->deterministic = true;
+  if (seg_pieces.element_count() != 0) {
+    if (seg_pieces.element_type() != xla::ffi::DataType::S32 ||
+        static_cast<int64_t>(seg_pieces.element_count()) != num_nodes + 1)
+      return ffi_util::invalid("seg_pieces of ", kTpGradsOp, " must be int32[num_nodes + 1]");
+    dx_lists->seg_pieces = static_cast<const int32_t*>(seg_pieces.untyped_data());
+  }
+  if (scratch.element_count() != 0) {
+    if (scratch.element_type() != x.element_type() || scratch.element_count() % dim_x != 0)
+      return ffi_util::invalid("scratch of ", kTpGradsOp, " must be rows of dx's width and dtype");
+    dx_lists->seg_scratch = scratch.untyped_data();
+    dx_lists->seg_scratch_rows = static_cast<int64_t>(scratch.element_count()) / dim_x;
+  }
   return error;
 }
 
@@ -265,9 +287,11 @@ inline xla::ffi::Error check_tp_grads(const xla::ffi::AnyBuffer& x, const xla::f
       .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()      \
       .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Attr<int32_t>("slot") JBM_TP_ATTRS
 
-// jbm_tp_grads: x, y, w, z, then as jbm_tp; results dy, dw and dx (each empty when not asked for).
+// jbm_tp_grads: x, y, w, z, then as jbm_tp (senders, receivers, the three lists, four tables); results dy,
+// dw and dx (each empty when not asked for) and the scratch of split sender lists (deterministic dx).
 #define JBM_TP_GRADS_BIND                                                                             \
   .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()         \
       .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()      \
       .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()      \
-      .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>() JBM_TP_ATTRS
+      .Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()       \
+      .Ret<ffi::AnyBuffer>().Attr<int32_t>("deterministic") JBM_TP_ATTRS

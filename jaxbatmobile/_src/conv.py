@@ -26,11 +26,12 @@ Two ways to sum over edges on the GPU:
 On the GPU, channelwise (uvu) products contract y with each path's CG block once per edge in shared
 memory (csrc/core/tp_uvu.h, uvu_contract_y); every channel then runs a small dense product. Products of
 a compiled shape (MACE's full channelwise paths, csrc/core/tp_uvu_shape.h) run straight-line
-per-channel code instead, forward and backward; in atomic mode their whole backward (node features,
-edge attributes or vectors, edge weights) is one pass over the edges, taken in sender order so that the
-node-feature gradient is summed over each sender's run of edges in registers and added to its row once
-per run (atomic adds; the deterministic mode keeps the sender-list call for it). The same pass serves
-those gradients alone too, which is what the force-training step's second derivatives are made of.
+per-channel code instead, forward and backward; their whole backward (node features, edge attributes
+or vectors, edge weights) is one pass over the edges, taken in sender order so that the node-feature
+gradient is summed over each sender's run of edges in registers and added to its row once per run
+(atomic adds), or, in the deterministic mode, summed over each sender's list (pieces of long lists, as
+above) and stored. The same pass serves those gradients alone too, which is what the force-training
+step's second derivatives are made of.
 
 When a gradient asks for both edge_attrs (or edge_vectors) and edge_weights, the two come from one
 pass over the edges (tensor_product.tp_grads_p): x, the output cotangent and the weights are read once.

@@ -656,12 +656,12 @@ def _fused_grads(params, targets):
     the 4-linear form (the call's cotangent in its output slot), so any call's transposes qualify:
 
     * products of a compiled shape (csrc/core/tp_uvu_shape.h): dy and dw, with dx if asked for (the
-      whole backward); on a graph, dx alone as well — summed over each sender's run of edges, where the
-      slot-x call would take the table-driven sender-list kernel — and added to the senders' rows by
-      atomic adds, so the deterministic mode keeps its own call (sender lists, a fixed order). dx and dw
-      without dy stay two passes: one saves little (H100, MACE-medium conv: 0.638 ms against 0.365 +
-      0.314) and keeps the buffers of both gradients' operands live at once (the force step's peak
-      memory, 2.58 → 3.14 GB);
+      whole backward); on a graph, dx alone as well, where the slot-x call would take the table-driven
+      sender-list kernel. The pass walks the edges in sender order: dx is summed over each sender's run
+      and added to its row by atomic adds, or in the deterministic mode summed over each sender's list
+      (pieces of it) in that order and stored. dx and dw without dy stay two passes: one saves little
+      (H100, MACE-medium conv: 0.638 ms against 0.365 + 0.314) and keeps the buffers of both gradients'
+      operands live at once (the force step's peak memory, 2.58 → 3.14 GB);
     * other channelwise problems: dy and dw of a forward or x-slot call (the edge-chunk kernel).
     """
     tables, graph = params["tables"], params["num_nodes"] is not None
@@ -671,8 +671,6 @@ def _fused_grads(params, targets):
     if tables.uvu_shape not in _COMPILED_UVU_SHAPES:
         yw = {SLOT_Y, SLOT_W} <= targets and params["slot"] in (SLOT_X, SLOT_Z)
         return (SLOT_Y, SLOT_W) if yw else ()
-    if graph and params["deterministic"]:
-        targets.discard(SLOT_X)
     if {SLOT_Y, SLOT_W} <= targets:
         return tuple(t for t in _GRADS_ORDER if t in targets)
     return (SLOT_X,) if graph and SLOT_X in targets else ()
@@ -796,12 +794,19 @@ def _grads_lowering(ctx, x, y, w, z, *graph, tables, unweighted, num_nodes, dete
     def body(x, y, w, z, *graph):
         empty = jnp.zeros((0,), jnp.int32)
         senders, receivers = graph if graph else (empty, empty)
-        # dx of a graph: the edges taken in sender order (dx summed over each sender's run in registers).
-        lists = _edge_lists(senders, num_nodes)[:2] if graph and SLOT_X in grads else (empty, empty)
-        # The handler's results dy, dw, dx: empty where not asked for.
+        # dx of a graph: the edges taken in sender order (dx summed over each sender's run in registers);
+        # deterministic, each sender's list summed in pieces (seg_pieces; their scratch rows) and stored.
+        lists, scratch_rows = (empty, empty, empty), 0
+        if graph and SLOT_X in grads:
+            offsets, order, pieces = _edge_lists(senders, num_nodes)
+            lists = (offsets, order, pieces if deterministic else empty)
+            scratch_rows = senders.shape[0] // SEGMENT_PIECE_EDGES if deterministic else 0
+        # The handler's results dy, dw, dx (empty where not asked for) and the pieces' scratch rows.
         shapes = dict(zip(grads, (aval.shape for aval in ctx.avals_out)))
         outs = [jax.ShapeDtypeStruct(shapes.get(t, (0,)), dtype) for t in _GRADS_ORDER]
-        results = jax.ffi.ffi_call("jbm_tp_grads", outs)(x, y, w, z, senders, receivers, *lists, *consts, **attrs)
+        scratch = jax.ShapeDtypeStruct((scratch_rows * x.shape[-1],), dtype)
+        results = jax.ffi.ffi_call("jbm_tp_grads", outs + [scratch])(
+            x, y, w, z, senders, receivers, *lists, *consts, deterministic=np.int32(bool(deterministic)), **attrs)
         return [results[_GRADS_ORDER.index(t)] for t in grads]
 
     return mlir.lower_fun(body, multiple_results=True)(ctx, x, y, w, z, *graph)
