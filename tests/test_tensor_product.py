@@ -482,3 +482,25 @@ def test_fused_backward_handler_rejects_dx_without_compiled_shape(tps):
     with pytest.raises(Exception, match="dx of jbm_tp_grads is computed for products of a compiled shape only"):
         with jax.default_device(jax.devices("cpu")[0]):
             jax.block_until_ready(call(*operands, *[empty] * 5, *consts, deterministic=np.int32(0), **attrs))
+
+
+def test_fused_backward_handler_needs_sender_lists_for_deterministic_dx(tps):
+    """The deterministic dx of a graph's gradient call sums each sender's list: the C++ handler refuses the
+    call without the sender lists (Python always passes them) instead of reading past empty buffers."""
+    from jaxbatmobile._src import tensor_product as tpm
+
+    tp = tps("mace-medium")
+    assert tp._tables.uvu_shape != 0
+    dim_x, dim_y, dim_z, num_w = tp._tables.dims
+    nodes, edges = 4, 6
+    consts, attrs = tpm._tables_and_attrs(tp._tables, False, np.float64, shared=False, unweighted=True,
+                                          num_nodes=nodes, sh=None)
+    empty = jnp.zeros((0,), jnp.int32)
+    idx = jnp.zeros((edges,), jnp.int32)
+    outs = [jax.ShapeDtypeStruct(shape, np.float64) for shape in ((0,), (0,), (nodes, dim_x), (0,))]
+    operands = [jnp.ones(shape, np.float64) for shape in ((nodes, dim_x), (edges, dim_y), (edges, num_w),
+                                                          (nodes, dim_z))]
+    call = jax.ffi.ffi_call("jbm_tp_grads", outs)
+    with pytest.raises(Exception, match="deterministic dx of jbm_tp_grads needs the sender lists"):
+        with jax.default_device(jax.devices("cpu")[0]):
+            jax.block_until_ready(call(*operands, idx, idx, *[empty] * 3, *consts, deterministic=np.int32(1), **attrs))

@@ -541,6 +541,14 @@ __global__ void __launch_bounds__(kThreads) add_segment_pieces(TpCall c, T* __re
   }
 }
 
+// add_segment_pieces over the output `out` of `c`'s width (after the kernel that wrote the pieces).
+template <typename T>
+cudaError_t launch_add_segment_pieces(cudaStream_t stream, const TpCall& c, T* out) {
+  add_segment_pieces<T><<<static_cast<unsigned>(std::min<int64_t>(c.nodes, int64_t(1) << 20)), kThreads, 0, stream>>>(
+      c, out);
+  return cudaGetLastError();
+}
+
 // Operands of one staged edge t: the gathered row (x for slot z, z for slot x), y, w.
 template <TpSlot SLOT, typename T>
 struct EdgeRows {
@@ -1188,10 +1196,10 @@ __host__ __device__ inline int64_t edge_grads_tail_units(const TpCall& c, int gr
 // loaded (core::grads_read_*). Edges are taken in the order `c.seg_edges` (the sender-sorted list when dx
 // is asked for; null: edge order), and each thread takes a channel: core::uvu_shape_channel_grads per
 // channel and edge (strided channel accesses: see warp_shape_gather). Blocks take units of the list:
-// * atomic (det false): `chunk` entries (balanced_chunk); dx is summed in registers over each run of
+// * atomic (DET false): `chunk` entries (balanced_chunk); dx is summed in registers over each run of
 //   edges of one sender within the chunk and added to the sender's row once per run by atomic adds (per
 //   edge, the atomics held the pass at the L2's atomic rate: 77 M of them for MACE-medium's 150k edges);
-// * deterministic (dx asked for, det true): a piece of one sender's list (segment_piece over the sender
+// * deterministic (DET, dx asked for): a piece of one sender's list (segment_piece over the sender
 //   lists; c.seg_pieces / seg_scratch split long lists as a slot-x call's), whose dx is summed in the
 //   list's order and stored (a later piece's in its scratch row: add_segment_pieces), then, when dy or
 //   dw is asked for, the list's tail (edges whose sender is out of range: zero gradients), kMaxEdgeChunk
@@ -1199,9 +1207,9 @@ __host__ __device__ inline int64_t edge_grads_tail_units(const TpCall& c, int gr
 // x is loaded once per run of one sender. Each edge's dy partials are summed over a warp's channels
 // (warp_sum_pairs) into shared memory and over the warps once per chunk. dy and dw are written once per
 // edge, in a fixed order (deterministic in both modes).
-template <uint32_t X, uint32_t Y, uint32_t O, int GRADS, typename T, bool SH>
+template <uint32_t X, uint32_t Y, uint32_t O, int GRADS, typename T, bool SH, bool DET>
 __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
-    tp_uvu_shaped_edge_grads_kernel(TpCall c, int chunk, bool det, const TpPath* __restrict__ paths_g,
+    tp_uvu_shaped_edge_grads_kernel(TpCall c, int chunk, const TpPath* __restrict__ paths_g,
                                     const T* __restrict__ pw_g,
                                     const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
                                     const T* __restrict__ dz, T* __restrict__ dx, T* __restrict__ dy,
@@ -1215,6 +1223,8 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
   // slower with it (dy+dw 0.568 -> 0.612 ms: more registers, one block less per SM).
   constexpr bool PF = GRADS == (core::kGradX | core::kGradY | core::kGradW);
   static_assert(kReadY || !SH, "edge vectors are read only by masks that read y");
+  // (DET a template argument: the atomic mode's dx pass lost 3-7% to the runtime flag, H100, session 18.)
+  static_assert(kDx || !DET, "the deterministic units serve dx");
   constexpr int kSize = kMaxEdgeChunk, kWarps = kThreads / 32;
   __shared__ T pw[S::kNumPaths];
   __shared__ int32_t edge[kSize], src_x[kSize], src_z[kSize];  // src_x < 0: the edge is dropped
@@ -1223,19 +1233,19 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
   const int32_t mul = static_cast<int32_t>(c.dim_x / S::kDimX);
   load_shape_path_weights<S::kNumPaths>(paths_g, pw_g, c.num_paths, mul, pw);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  const int64_t pieces = det ? node_piece_units(c) : 0;
-  const int64_t units = det ? pieces + edge_grads_tail_units(c, GRADS) : (c.rows + chunk - 1) / chunk;
+  const int64_t pieces = DET ? node_piece_units(c) : 0;
+  const int64_t units = DET ? pieces + edge_grads_tail_units(c, GRADS) : (c.rows + chunk - 1) / chunk;
   for (int64_t unit = blockIdx.x; unit < units; unit += gridDim.x) {
     int64_t begin = unit * chunk, end = min(begin + chunk, c.rows), node = -1, row = -1;
     bool in_scratch = false;
-    if (det && unit < pieces) {
+    if (DET && unit < pieces) {
       if (!segment_piece(c, unit, &node, &row, &in_scratch, &begin, &end)) continue;  // uniform over the block
-    } else if (det) {  // the tail of the list: edges without a valid sender
+    } else if (DET) {  // the tail of the list: edges without a valid sender
       begin = min(max(int64_t(c.seg_offsets[c.nodes]), int64_t(0)), c.rows) + (unit - pieces) * kSize;
       if (begin >= c.rows) continue;
       end = min(begin + kSize, c.rows);
     }
-    T* dx_dst = kDx && node >= 0 ? (in_scratch ? static_cast<T*>(c.seg_scratch) : dx) + row * c.dim_x : nullptr;
+    T* dx_dst = DET && node >= 0 ? (in_scratch ? static_cast<T*>(c.seg_scratch) : dx) + row * c.dim_x : nullptr;
     for (int64_t k0 = begin;; k0 += kSize) {  // at least once: a sender without edges stores zeros
       const int count = static_cast<int>(min(int64_t(kSize), end - k0));
       if (threadIdx.x < count) {
@@ -1306,7 +1316,7 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
                 [&](int n, T v) { dwr[int64_t(n) * mul + u] = v; });
             if constexpr (kDx) {
               for (int k = 0; k < S::kDimX; ++k) acc[k] += dxu[k];
-              if (!det && (t + 1 == count || src_x[t + 1] != rx)) {  // sender rx's run ends: one add per component
+              if (!DET && (t + 1 == count || src_x[t + 1] != rx)) {  // sender rx's run ends: one add per component
                 T* dx_row = dx + int64_t(rx) * c.dim_x;
                 core::shape_for_each<X>(mul, u, [&](int64_t at, int k) { atomicAdd(dx_row + at, acc[k]); });
                 for (int k = 0; k < S::kDimX; ++k) acc[k] = T(0);
@@ -1323,7 +1333,7 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
             }
           }
         }
-        if (kDx && dx_dst && active)  // deterministic: the piece's row, stored by its owner (later chunks add)
+        if (DET && dx_dst && active)  // deterministic: the piece's row, stored by its owner (later chunks add)
           core::shape_for_each<X>(mul, u,
                                   [&](int64_t at, int k) { dx_dst[at] = k0 > begin ? dx_dst[at] + acc[k] : acc[k]; });
       }
@@ -1337,7 +1347,7 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
         }
         __syncthreads();  // the chunk's staging is reused
       }
-      if (k0 + kSize >= end) break;
+      if (!DET || k0 + kSize >= end) break;  // (an atomic unit is one chunk)
     }
   }
 }
@@ -1522,27 +1532,33 @@ bool launch_uvu_shaped_edges(cudaStream_t stream, const TpCall& c, const TpPath*
   });
 }
 
-// tp_uvu_shaped_edge_grads_kernel<..., GRADS, T, SH> of shape S: the masks launched (the whole backward with
-// and without dx, and each gradient alone: the sets tensor_product.py's _fused_grads asks for; SH only
-// where the mask reads y); null for any other mask.
+// tp_uvu_shaped_edge_grads_kernel<..., GRADS, T, SH, DET> of shape S: the masks launched (the whole backward
+// with and without dx, and each gradient alone: the sets tensor_product.py's _fused_grads asks for; SH only
+// where the mask reads y; DET only where it has dx); null for any other mask.
 template <typename S, typename T>
-using EdgeGradsKernel = void (*)(TpCall, int, bool, const TpPath*, const T*, const T*, const T*, const T*, const T*,
-                                 T*, T*, T*);
-template <typename S, typename T, int GRADS>
-EdgeGradsKernel<S, T> edge_grads_kernel_for(bool sh) {
+using EdgeGradsKernel = void (*)(TpCall, int, const TpPath*, const T*, const T*, const T*, const T*, const T*, T*, T*,
+                                 T*);
+template <typename S, typename T, int GRADS, bool DET>
+EdgeGradsKernel<S, T> edge_grads_kernel_of(bool sh) {
   if constexpr (core::grads_read_y(GRADS))
-    if (sh) return tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, GRADS, T, true>;
-  return tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, GRADS, T, false>;  // (y unread: how it is given is moot)
+    if (sh) return tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, GRADS, T, true, DET>;
+  return tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, GRADS, T, false, DET>;  // (y unread: how it is given is moot)
+}
+template <typename S, typename T, int GRADS>
+EdgeGradsKernel<S, T> edge_grads_kernel_for(bool sh, bool det) {
+  if constexpr ((GRADS & core::kGradX) != 0)
+    if (det) return edge_grads_kernel_of<S, T, GRADS, true>(sh);
+  return edge_grads_kernel_of<S, T, GRADS, false>(sh);
 }
 template <typename S, typename T>
-EdgeGradsKernel<S, T> edge_grads_kernel(int grads, bool sh) {
+EdgeGradsKernel<S, T> edge_grads_kernel(int grads, bool sh, bool det) {
   using core::kGradX, core::kGradY, core::kGradW;
   switch (grads) {
-    case kGradX | kGradY | kGradW: return edge_grads_kernel_for<S, T, kGradX | kGradY | kGradW>(sh);
-    case kGradY | kGradW: return edge_grads_kernel_for<S, T, kGradY | kGradW>(sh);
-    case kGradX: return edge_grads_kernel_for<S, T, kGradX>(sh);
-    case kGradY: return edge_grads_kernel_for<S, T, kGradY>(sh);
-    case kGradW: return edge_grads_kernel_for<S, T, kGradW>(sh);
+    case kGradX | kGradY | kGradW: return edge_grads_kernel_for<S, T, kGradX | kGradY | kGradW>(sh, det);
+    case kGradY | kGradW: return edge_grads_kernel_for<S, T, kGradY | kGradW>(sh, det);
+    case kGradX: return edge_grads_kernel_for<S, T, kGradX>(sh, det);
+    case kGradY: return edge_grads_kernel_for<S, T, kGradY>(sh, det);
+    case kGradW: return edge_grads_kernel_for<S, T, kGradW>(sh, det);
     default: return nullptr;
   }
 }
@@ -1563,7 +1579,7 @@ bool launch_uvu_shaped_edge_grads(cudaStream_t stream, const TpCall& c, const Tp
     if (shaped_mul<S>(c) == 0) return false;
     const bool sh = c.sh_lmax >= 0;
     if (sh && core::sh_dim(c.sh_lmax) != c.dim_y) return false;
-    const EdgeGradsKernel<S, T> kernel = edge_grads_kernel<S, T>(grads, sh);
+    const EdgeGradsKernel<S, T> kernel = edge_grads_kernel<S, T>(grads, sh, det);
     if (kernel == nullptr) return false;
     // Atomic adds need a zeroed dx; the deterministic units store every sender's row (none without edges).
     *err = dx && (!det || c.rows == 0) ? cudaMemsetAsync(dx, 0, c.nodes * c.dim_x * sizeof(T), stream) : cudaSuccess;
@@ -1577,14 +1593,12 @@ bool launch_uvu_shaped_edge_grads(cudaStream_t stream, const TpCall& c, const Tp
     const int64_t units =
         det ? node_piece_units(call) + edge_grads_tail_units(call, grads) : (c.rows + chunk - 1) / chunk;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(units, int64_t(1) << 20));
-    kernel<<<blocks, kThreads, 0, stream>>>(call, chunk, det, paths, pw, x, y, w, z, dx, dy, dw);
+    kernel<<<blocks, kThreads, 0, stream>>>(call, chunk, paths, pw, x, y, w, z, dx, dy, dw);
     *err = cudaGetLastError();
     if (*err == cudaSuccess && det && call.seg_scratch_rows > 0) {  // split lists: the later pieces' rows
       TpCall pieces = call;
       pieces.slot = TpSlot::kX;  // (rows of dx's width)
-      add_segment_pieces<T><<<static_cast<unsigned>(std::min<int64_t>(c.nodes, int64_t(1) << 20)), kThreads, 0, stream>>>(
-          pieces, dx);
-      *err = cudaGetLastError();
+      *err = launch_add_segment_pieces<T>(stream, pieces, dx);
     }
     return true;
   });
@@ -1634,8 +1648,7 @@ bool launch_uvu_edges(cudaStream_t stream, const TpCall& c, const TpPath* paths,
     *err = cudaGetLastError();
   }
   if (*err == cudaSuccess && pieces) {
-    add_segment_pieces<T><<<static_cast<unsigned>(std::min<int64_t>(c.nodes, int64_t(1) << 20)), kThreads, 0, stream>>>(c, out);
-    *err = cudaGetLastError();
+    *err = launch_add_segment_pieces<T>(stream, c, out);
   }
   return true;
 }
