@@ -214,7 +214,6 @@ inline xla::ffi::Error check_tp_paths(const core::TpCall& c, const core::TpPath*
 // (csrc/core/tp_uvu_shape.h); Python asks for one only then (tensor_product.py, _fused_grads).
 inline constexpr const char* kTpGradsOp = "jbm_tp_grads";
 
-
 inline xla::ffi::Error check_tp_grads(const xla::ffi::AnyBuffer& x, const xla::ffi::AnyBuffer& y,
                                       const xla::ffi::AnyBuffer& w, const xla::ffi::AnyBuffer& z,
                                       const xla::ffi::AnyBuffer& senders, const xla::ffi::AnyBuffer& receivers,
@@ -224,9 +223,9 @@ inline xla::ffi::Error check_tp_grads(const xla::ffi::AnyBuffer& x, const xla::f
                                       const xla::ffi::AnyBuffer& path_weight, const xla::ffi::AnyBuffer& dy,
                                       const xla::ffi::AnyBuffer& dw, const xla::ffi::AnyBuffer& dx,
                                       xla::ffi::AnyBuffer& scratch, int32_t deterministic, int32_t shared_w,
-                                      int32_t with_unweighted,
-                                      int32_t dim_x, int32_t dim_y, int32_t dim_z, int32_t num_w, int64_t num_items,
-                                      int32_t kernel, int32_t zero_fill, int64_t num_nodes, int32_t sh_lmax,
+                                      int32_t with_unweighted, int32_t dim_x, int32_t dim_y, int32_t dim_z,
+                                      int32_t num_w, int64_t num_items, int32_t kernel, int32_t zero_fill,
+                                      int64_t num_nodes, int32_t sh_lmax,
                                       int32_t sh_normalize, int32_t sh_normalization, int32_t yc_width,
                                       TpBuffers* bufs_y, core::TpCall* call_y, TpBuffers* bufs_w,
                                       core::TpCall* call_w, core::DxLists* dx_lists) {

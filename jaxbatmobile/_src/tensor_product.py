@@ -456,6 +456,12 @@ def _edge_lists(targets, num_nodes):
     return offsets, order, pieces
 
 
+def _piece_scratch_rows(num_edges):
+    """Scratch rows for the later pieces of split lists (_edge_lists' pieces): at most the sum over nodes
+    of (count - 1) // SEGMENT_PIECE_EDGES <= E // SEGMENT_PIECE_EDGES."""
+    return num_edges // SEGMENT_PIECE_EDGES
+
+
 def _tables_and_attrs(tables, by_x, dtype, *, shared, unweighted, num_nodes, sh):
     """The FFI operands holding the problem tables, and the attributes (csrc/ffi/tp_problem.h)."""
     paths, path_weight = (tables.paths_by_x, tables.path_weight_by_x) if by_x else (tables.paths, tables.path_weight)
@@ -486,8 +492,7 @@ def tp_call_args(a, b, c, graph, out_shape, *, tables, slot, shared, unweighted,
     # at every edge, so the channelwise kernel takes the sender-sorted lists in both modes.
     if graph and slot in (SLOT_X, SLOT_Z) and (deterministic or (slot == SLOT_X and tables.kernel == KERNEL_UVU)):
         seg = _edge_lists(receivers if slot == SLOT_Z else senders, num_nodes)
-        # at most this many extra pieces: sum of (count - 1) // P over nodes <= E // P
-        scratch_rows = senders.shape[0] // SEGMENT_PIECE_EDGES if tables.kernel == KERNEL_UVU else 0
+        scratch_rows = _piece_scratch_rows(senders.shape[0]) if tables.kernel == KERNEL_UVU else 0
     results = (jax.ShapeDtypeStruct(out_shape, dtype), jax.ShapeDtypeStruct((scratch_rows * out_shape[-1],), dtype))
     return (a, b, c, senders, receivers, *seg, *consts), dict(slot=np.int32(slot), **attrs), results
 
@@ -800,7 +805,7 @@ def _grads_lowering(ctx, x, y, w, z, *graph, tables, unweighted, num_nodes, dete
         if graph and SLOT_X in grads:
             offsets, order, pieces = _edge_lists(senders, num_nodes)
             lists = (offsets, order, pieces if deterministic else empty)
-            scratch_rows = senders.shape[0] // SEGMENT_PIECE_EDGES if deterministic else 0
+            scratch_rows = _piece_scratch_rows(senders.shape[0]) if deterministic else 0
         # The handler's results dy, dw, dx (empty where not asked for) and the pieces' scratch rows.
         shapes = dict(zip(grads, (aval.shape for aval in ctx.avals_out)))
         outs = [jax.ShapeDtypeStruct(shapes.get(t, (0,)), dtype) for t in _GRADS_ORDER]
