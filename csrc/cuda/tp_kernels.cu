@@ -1270,12 +1270,12 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
         T xu[S::kDimX], acc[kDx ? S::kDimX : 1];
         int32_t x_row = -1;  // the sender whose x components xu holds
         for (int k = 0; k < (kDx ? S::kDimX : 1); ++k) acc[k] = T(0);
-        T w_nxt[PF ? S::kNumPaths : 1], dz_nxt[PF ? S::kDimO : 1];
+        T w_next[PF ? S::kNumPaths : 1], dz_next[PF ? S::kDimO : 1];
         auto prefetch = [&](int t) {
           if constexpr (PF)
             if (t < count && src_x[t] >= 0 && active) {
-              for (int n = 0; n < S::kNumPaths; ++n) w_nxt[n] = w[int64_t(edge[t]) * c.num_w + int64_t(n) * mul + u];
-              core::shape_gather<O>(dz + int64_t(src_z[t]) * c.dim_z, mul, u, dz_nxt);
+              for (int n = 0; n < S::kNumPaths; ++n) w_next[n] = w[int64_t(edge[t]) * c.num_w + int64_t(n) * mul + u];
+              core::shape_gather<O>(dz + int64_t(src_z[t]) * c.dim_z, mul, u, dz_next);
             }
         };
         if constexpr (PF) prefetch(0);
@@ -1284,8 +1284,8 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
           const int32_t rx = src_x[t];
           T w_cur[PF ? S::kNumPaths : 1], dz_cur[PF ? S::kDimO : 1];
           if constexpr (PF) {
-            for (int n = 0; n < S::kNumPaths; ++n) w_cur[n] = w_nxt[n];
-            for (int k = 0; k < S::kDimO; ++k) dz_cur[k] = dz_nxt[k];
+            for (int n = 0; n < S::kNumPaths; ++n) w_cur[n] = w_next[n];
+            for (int k = 0; k < S::kDimO; ++k) dz_cur[k] = dz_next[k];
             prefetch(t + 1);
           }
           T dyv[kGradsMaxDimY];
