@@ -189,6 +189,28 @@ def test_sorted_receivers_long_runs(rng, deterministic):
         assert_close(got, want, 1e-12)
 
 
+# uint8, uint16 and uint32 sort keys, each at its largest node count and one past it
+@pytest.mark.parametrize("num_nodes", [5, 255, 256, 65_535, 65_536])
+@pytest.mark.parametrize("index_dtype", [np.int32, np.int64])
+def test_edge_lists_match_numpy(rng, num_nodes, index_dtype):
+    """The edge lists of the deterministic scatter and the sender-order gradient pass (stable order by
+    target, each node's run start, the prefix sums of its extra pieces) against numpy's stable argsort and
+    bincount; out-of-range targets sort last, in no node's run."""
+    from jaxbatmobile._src.tensor_product import SEGMENT_PIECE_EDGES, _edge_lists
+
+    targets = rng.integers(-3, num_nodes + 3, size=3000)
+    targets[rng.permutation(3000)[:150]] = num_nodes - 1  # a long list, split into pieces; the largest key
+    targets = targets.astype(index_dtype)
+    offsets, order, pieces = jax.jit(_edge_lists, static_argnums=1)(targets, num_nodes)
+    key = np.where((targets >= 0) & (targets < num_nodes), targets, num_nodes)
+    counts = np.bincount(key, minlength=num_nodes + 1)[:num_nodes]
+    extra = np.maximum(counts - 1, 0) // SEGMENT_PIECE_EDGES
+    np.testing.assert_array_equal(order, np.argsort(key, kind="stable"))
+    np.testing.assert_array_equal(offsets, np.concatenate([[0], np.cumsum(counts)]))
+    np.testing.assert_array_equal(pieces, np.concatenate([[0], np.cumsum(extra)]))
+    assert offsets.dtype == order.dtype == pieces.dtype == jnp.int32
+
+
 @pytest.mark.parametrize("deterministic", [False, True])
 @pytest.mark.parametrize("op", ["conv", "sh_conv"])
 def test_hub_nodes_split_across_blocks(rng, op, deterministic):
