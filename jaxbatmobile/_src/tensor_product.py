@@ -443,10 +443,9 @@ def _edge_lists(targets, num_nodes):
     by target node, where each node's run starts, and the prefix sums of each node's extra pieces
     (TpCall::seg_pieces). Out-of-range targets sort last, in no node's run."""
     # A graph held as constants (indices closed over by a jitted function) would have XLA constant-fold
-    # these sorts and scatters at compile time, seconds per sort on 150k edges (first call of the force
-    # step: 2.7 s atomic / 6 s deterministic on the H100); the barrier keeps them runtime work (µs).
+    # this sort at compile time, seconds per sort on 150k edges (first call of the force step: 2.7 s
+    # atomic / 6 s deterministic on the H100); the barrier keeps it runtime work (µs).
     targets = jax.lax.optimization_barrier(targets)
-    zero = jnp.zeros((1,), jnp.int32)
     # Keys as narrow as the node count allows (num_nodes itself marks out-of-range targets): the GPU's
     # radix sort (cub, through XLA's sort rewriter) makes one pass per 8 key bits (H100, 150k edges, 5k
     # nodes: 0.035 ms with int32 keys, 0.018 with uint16; benchmarks/NOTES.md, session 19).
@@ -457,7 +456,7 @@ def _edge_lists(targets, num_nodes):
     nodes = jnp.arange(num_nodes + 1, dtype=key_dtype)
     offsets = jnp.searchsorted(sorted_key, nodes, side="left", method="scan_unrolled").astype(jnp.int32)
     extra = jnp.maximum(jnp.diff(offsets) - 1, 0) // SEGMENT_PIECE_EDGES
-    pieces = jnp.concatenate([zero, jnp.cumsum(extra, dtype=jnp.int32)])
+    pieces = jnp.concatenate([jnp.zeros((1,), jnp.int32), jnp.cumsum(extra, dtype=jnp.int32)])
     return offsets, order, pieces
 
 
