@@ -112,6 +112,56 @@ def test_force_training_step(rng):
         assert_close(a, b, 1e-11)
 
 
+_SECOND_ORDER_CASES = [("6x0e+6x1o", varying, sorted_receivers, dtype) for varying in [(0, 1, 2), (0, 2), (1,), (2,)]
+                       for sorted_receivers in (False, True) for dtype in (np.float32, np.float64)] + [
+    (i1, (0, 1, 2), True, dtype) for i1 in ("5x0e+5x1o+5x2e", "130x0e+130x1o") for dtype in (np.float32, np.float64)]
+
+
+@pytest.mark.parametrize("i1, varying, sorted_receivers, dtype", _SECOND_ORDER_CASES)
+def test_second_order_pass_of_the_fused_gradients(rng, i1, varying, sorted_receivers, dtype):
+    """The transposed linearization of the fused y and weight gradients (dy, dw) = vjp(z) in (x, w, z),
+    the force-training step's second-order calls, runs as one tp_grads2_p pass (one kernel on the GPU)
+    and equals e3nn-jax's: the cotangents of x (summed over senders), w (per edge) and z (summed over
+    receivers), for any subset of them varying; edges with an out-of-range index contribute nothing.
+    Both compiled shapes (MACE-medium's and MACE-large's node irreps), and more channels than a GPU block
+    has threads (130)."""
+    io = {"6x0e+6x1o": "6x0e+6x1o+6x2e", "5x0e+5x1o+5x2e": "5x0e+5x1o+5x2e+5x3o", "130x0e+130x1o": "130x0e+130x1o+130x2e"}[i1]
+    tp = jb.TensorProduct(i1, SH3, io, jb.channelwise_instructions(i1, SH3, io))
+    n, e = 7, 70  # several GPU chunks; runs of one receiver longer than a chunk when sorted
+    s, r = _graph(rng, n, e)
+    if sorted_receivers:
+        r = np.sort(r)
+    s[5], r[9], s[11] = n + 3, -1, -2
+    x, y, w = _inputs(rng, tp, n, e, dtype)
+    z = rng.normal(size=(n, tp.irreps_out.dim)).astype(dtype)
+    c_dy = rng.normal(size=(e, tp.irreps_in2.dim)).astype(dtype)
+    c_dw = rng.normal(size=(e, tp.weight_numel)).astype(dtype)
+    keep = np.ones(e, bool)
+    keep[[5, 9, 11]] = False
+
+    def cotangents(conv_fn):
+        def grads(*vary):  # (dy, dw): the conv's gradients in y and w at output cotangent z
+            a = [x, w, z]
+            for k, v in zip(varying, vary):
+                a[k] = v
+            return jax.vjp(lambda y_, w_: conv_fn(a[0], y_, w_), y, a[1])[1](a[2])
+        primals = [(x, w, z)[k] for k in varying]
+        lin = jax.linearize(grads, *primals)[1]
+        return jax.linear_transpose(lin, *primals), lin
+
+    ours, _ = cotangents(lambda x_, y_, w_: jb.conv(tp, x_, y_, w_, s, r, num_nodes=n))
+    assert "jbm_tensor_product_grads2" in str(jax.make_jaxpr(ours)((c_dy, c_dw)))
+    got = ours((c_dy, c_dw))
+    f64 = lambda a: jnp.asarray(a, jnp.float64)  # noqa: E731  (the reference in fp64)
+    x, y, w, z = (f64(a) for a in (x, y, w, z))
+    ref, _ = cotangents(lambda x_, y_, w_: reference.conv(tp, x_, y_, w_ * keep[:, None], np.clip(s, 0, n - 1),
+                                                          np.clip(r, 0, n - 1), n, False))
+    for a, b in zip(got, ref((f64(c_dy), f64(c_dw)))):
+        assert_close(a, b, 1e-5 if dtype == np.float32 else 1e-12)
+    if 1 in varying:  # dropped edges: zero weight cotangents
+        assert not np.any(np.asarray(got[varying.index(1)])[~keep])
+
+
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_vmap_over_graphs(rng, deterministic):
     tp = _tp("mace-medium")
@@ -536,10 +586,11 @@ def test_sh_conv_check_grads_order2(rng, deterministic):
 @pytest.mark.parametrize("deterministic", [False, True])
 def test_sh_conv_force_training_step(rng, deterministic):
     """The force-training step with SH evaluated in the kernel equals the unfused e3nn-jax one. In both
-    modes (a compiled shape) its calls are: the forward, the forces' fused y and weight gradients, then
-    their derivatives — three x gradients as gradient passes (summed over sender runs, or per sender
-    list in the deterministic mode, bitwise repeatable), two weight-gradient calls and two second-order
-    forwards."""
+    modes (a compiled shape) its calls are the forward, the forces' fused y and weight gradients, and the
+    forward's transpose (an x-gradient pass and a weight-gradient call); the derivatives of the forces'
+    gradients are one second-order pass in atomic mode (tp_grads2_p) and, in the deterministic mode, five
+    calls — two x gradients as gradient passes per sender list (bitwise repeatable), a weight-gradient
+    call and two second-order forwards."""
     tp = _sh_tp("mace-medium")
     n, e = 8, 24
     s, r = _graph(rng, n, e)
@@ -557,9 +608,13 @@ def test_sh_conv_force_training_step(rng, deterministic):
     step = loss(lambda x, v, w: jnp.sum(jb.sh_conv(tp, x, v, w, s, r, num_nodes=n,
                                                    deterministic=deterministic)[:, :6] ** 2))
     jaxpr = str(jax.make_jaxpr(step)(x, w))
-    assert jaxpr.count("jbm_tensor_product_grads[") == 4 and "grads=(1, 2)" in jaxpr
-    assert jaxpr.count("grads=(0,)") == 3
-    assert jaxpr.count("jbm_conv[") == 5
+    assert "grads=(1, 2)" in jaxpr
+    if deterministic:
+        assert jaxpr.count("jbm_tensor_product_grads[") == 4 and jaxpr.count("grads=(0,)") == 3
+        assert jaxpr.count("jbm_conv[") == 5 and "jbm_tensor_product_grads2[" not in jaxpr
+    else:
+        assert jaxpr.count("jbm_tensor_product_grads[") == 2 and jaxpr.count("grads=(0,)") == 1
+        assert jaxpr.count("jbm_conv[") == 2 and jaxpr.count("jbm_tensor_product_grads2[") == 1
     ours = step(x, w)
     if deterministic:  # bitwise repeatable; the forces on the edge vectors (XLA's own scatter-add to the
         # positions, the transpose of pos[r] - pos[s], uses atomics on the GPU)

@@ -1352,6 +1352,117 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
   }
 }
 
+// The second-order pass of the force-training step (tensor_product.py, tp_grads2_p), atomic mode: per edge
+// e with sender s and receiver r, given the cotangents of the forces' gradients, c_dy[e] (y-like: one row of
+// SH values) and c_dw[e] (weight-like),
+//     c_x[s] += T_x(c_dy, w, z) + T_x(Y, c_dw, z),   c_w[e] = T_w(x, c_dy, z),
+//     c_z[r] += T_z(x, c_dy, w) + T_z(x, Y, c_dw)
+// for those whose pointer is non-null (Y: y's rows, or the SH of edge vectors). Five passes over the edges
+// of the term-by-term transposes in one: each edge's w, c_dw, x and z are read once for all of them. Edges
+// in their order, `chunk` at a time (balanced_chunk); a thread per channel (strided accesses, as the
+// gradient kernel above): x and z kept per run of one sender / receiver, c_z summed over each run of one
+// receiver in registers and added once per run, c_x added per edge (senders are rarely sorted: H100 atomics
+// to random 2 kB rows cost ~0.1 ms per 150k edges, tools/atomics_bench.cu). Dropped edges (an index out of
+// range) contribute nothing and get zero c_w rows.
+template <uint32_t X, uint32_t Y, uint32_t O, typename T, bool SH>
+__global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
+    tp_uvu_shaped_edge_grads2_kernel(TpCall c, int chunk, const TpPath* __restrict__ paths_g,
+                                     const T* __restrict__ pw_g, const T* __restrict__ x, const T* __restrict__ y,
+                                     const T* __restrict__ w, const T* __restrict__ z, const T* __restrict__ c_dy,
+                                     const T* __restrict__ c_dw, T* __restrict__ c_x, T* __restrict__ c_w,
+                                     T* __restrict__ c_z) {
+  using S = core::UvuShape<X, Y, O>;
+  constexpr int kSize = kMaxEdgeChunk, N = S::kNumPaths;
+  __shared__ T pw[N];
+  __shared__ int32_t edge[kSize], src_x[kSize], src_z[kSize];  // src_x < 0: the edge is dropped
+  __shared__ T y_rows[kSize][S::kDimY], cdy_rows[kSize][S::kDimY];
+  const int32_t mul = static_cast<int32_t>(c.dim_x / S::kDimX);
+  load_shape_path_weights<N>(paths_g, pw_g, c.num_paths, mul, pw);
+  const int64_t units = (c.rows + chunk - 1) / chunk;
+  for (int64_t unit = blockIdx.x; unit < units; unit += gridDim.x) {
+    const int64_t k0 = unit * chunk;
+    const int count = static_cast<int>(min(int64_t(chunk), c.rows - k0));
+    if (threadIdx.x < count) {
+      const int64_t e = k0 + threadIdx.x;
+      int64_t rx = -1, rz = -1;
+      const bool ok = c.edge_rows(e, &rx, &rz);
+      edge[threadIdx.x] = static_cast<int32_t>(e);
+      src_x[threadIdx.x] = ok ? static_cast<int32_t>(rx) : -1;
+      src_z[threadIdx.x] = ok ? static_cast<int32_t>(rz) : -1;
+      if (ok) {
+        if constexpr (SH) core::tp_sh_row(c, y + e * 3, y_rows[threadIdx.x]);
+        else
+          for (int j = 0; j < S::kDimY; ++j) y_rows[threadIdx.x][j] = y[e * c.dim_y + j];
+        for (int j = 0; j < S::kDimY; ++j) cdy_rows[threadIdx.x][j] = c_dy[e * S::kDimY + j];
+      }
+    }
+    __syncthreads();
+    for (int32_t u0 = 0; u0 < mul; u0 += blockDim.x) {  // block-uniform: thread u0 + threadIdx.x's channel
+      const int32_t u = u0 + threadIdx.x;
+      const bool active = u < mul;
+      T xu[S::kDimX], zu[S::kDimO], zacc[S::kDimO] = {};
+      int32_t x_row = -1, z_row = -1, acc_row = -1;  // the rows xu and zu hold, and the run zacc sums
+      auto flush = [&]() {
+        if (c_z && acc_row >= 0)
+          core::shape_for_each<O>(mul, u, [&](int64_t at, int k) { atomicAdd(c_z + int64_t(acc_row) * c.dim_z + at, zacc[k]); });
+      };
+      for (int t = 0; t < count; ++t) {
+        const int64_t e = edge[t];
+        const int32_t rx = src_x[t], rz = src_z[t];
+        if (rx >= 0 && active) {
+          if (rx != x_row) {
+            core::shape_gather<X>(x + int64_t(rx) * c.dim_x, mul, u, xu);
+            x_row = rx;
+          }
+          if (rz != z_row) {
+            core::shape_gather<O>(z + int64_t(rz) * c.dim_z, mul, u, zu);
+            z_row = rz;
+          }
+          T wv[N], cw[N];
+          for (int n = 0; n < N; ++n) {
+            wv[n] = w[e * c.num_w + int64_t(n) * mul + u];
+            cw[n] = c_dw[e * c.num_w + int64_t(n) * mul + u];
+          }
+          if (c_z) {
+            if (rz != acc_row) {  // a new receiver's run: the last one's sum goes out
+              flush();
+              for (int k = 0; k < S::kDimO; ++k) zacc[k] = T(0);
+              acc_row = rz;
+            }
+            T scale_w[N], scale_cw[N];
+            for (int n = 0; n < N; ++n) {
+              scale_w[n] = pw[n] * wv[n];
+              scale_cw[n] = pw[n] * cw[n];
+            }
+            core::uvu_shape_channel_add<X, Y, O>(xu, cdy_rows[t], scale_w, zacc);
+            core::uvu_shape_channel_add<X, Y, O>(xu, y_rows[t], scale_cw, zacc);
+          }
+          if (c_x || c_w) {
+            T dx_dy[S::kDimX], dx_dw[S::kDimX];
+            T* cwr = c_w ? c_w + e * c.num_w : nullptr;
+            core::uvu_shape_channel_grads<X, Y, O, core::kGradX | core::kGradW>(
+                xu, cdy_rows[t], zu, pw, [&](int n) { return wv[n]; }, dx_dy, static_cast<T*>(nullptr),
+                [&](int n, T v) {
+                  if (cwr) cwr[int64_t(n) * mul + u] = v;
+                });
+            if (c_x) {
+              core::uvu_shape_channel_grads<X, Y, O, core::kGradX>(
+                  xu, y_rows[t], zu, pw, [&](int n) { return cw[n]; }, dx_dw, static_cast<T*>(nullptr),
+                  [](int, T) {});
+              T* row = c_x + int64_t(rx) * c.dim_x;
+              core::shape_for_each<X>(mul, u, [&](int64_t at, int k) { atomicAdd(row + at, dx_dy[k] + dx_dw[k]); });
+            }
+          }
+        } else if (c_w && rx < 0 && u0 == 0) {  // a dropped edge: zero weight cotangents
+          for (int64_t k = threadIdx.x; k < c.num_w; k += blockDim.x) c_w[e * c.num_w + k] = T(0);
+        }
+      }
+      flush();
+    }
+    __syncthreads();  // the chunk's staging is reused
+  }
+}
+
 // Any problem: thread per output element of the node's row (core::tp_path_element).
 template <TpSlot SLOT, typename T>
 __global__ void __launch_bounds__(kThreads) tp_segment_kernel(TpCall c, const TpPath* __restrict__ paths_g,
@@ -1604,6 +1715,33 @@ bool launch_uvu_shaped_edge_grads(cudaStream_t stream, const TpCall& c, const Tp
   });
 }
 
+// tp_grads2_p's pass (tp_uvu_shaped_edge_grads2_kernel) for a slot-z graph call `c` of a compiled shape
+// in atomic mode: zeroes the scattered results, launches. False when `c` is not one.
+template <typename T>
+bool launch_uvu_shaped_edge_grads2(cudaStream_t stream, const TpCall& c, const TpPath* paths, const T* pw, const T* x,
+                                   const T* y, const T* w, const T* z, const T* c_dy, const T* c_dw, T* c_x, T* c_w,
+                                   T* c_z, cudaError_t* err) {
+  if (c.nodes < 0 || c.shared_w || c.kernel != core::TpKernel::kUvu || c.sh_lmax > core::kCgMaxL) return false;
+  return core::uvu_shape_dispatch(c.uvu_shape, [&](auto shape) {
+    using S = decltype(shape);
+    if (shaped_mul<S>(c) == 0) return false;
+    const bool sh = c.sh_lmax >= 0;
+    if (sh && core::sh_dim(c.sh_lmax) != c.dim_y) return false;
+    auto kernel = sh ? tp_uvu_shaped_edge_grads2_kernel<S::X, S::Y, S::O, T, true>
+                     : tp_uvu_shaped_edge_grads2_kernel<S::X, S::Y, S::O, T, false>;
+    *err = cudaSuccess;
+    if (c_x) *err = cudaMemsetAsync(c_x, 0, c.nodes * c.dim_x * sizeof(T), stream);
+    if (*err == cudaSuccess && c_z) *err = cudaMemsetAsync(c_z, 0, c.nodes * c.dim_z * sizeof(T), stream);
+    if (*err != cudaSuccess || c.rows == 0) return true;
+    static std::atomic<int> resident[2];  // blocks per SM of each kernel, queried once
+    const int chunk = balanced_chunk(c.rows, resident_blocks(kernel, &resident[sh]));
+    const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((c.rows + chunk - 1) / chunk, int64_t(1) << 20));
+    kernel<<<blocks, kThreads, 0, stream>>>(c, chunk, paths, pw, x, y, w, z, c_dy, c_dw, c_x, c_w, c_z);
+    *err = cudaGetLastError();
+    return true;
+  });
+}
+
 // Slot y or w of a graph call of a compiled shape on its own: the edge-gradient kernel with that one
 // gradient. (Slot x calls come with sender lists in both modes; Python sends the atomic mode's x
 // gradient of these shapes to jbm_tp_grads instead: tensor_product.py, _fused_grads.) False when the
@@ -1781,6 +1919,14 @@ cudaError_t launch_tp_grads(cudaStream_t stream, const TpCall& cy, const TpCall&
   return err != cudaSuccess || !dw ? err : launch_tp<T>(stream, cw, paths, cg_ijk, cg_c, pw, ops_w, dw);
 }
 
+template <typename T>
+cudaError_t launch_tp_grads2(cudaStream_t stream, const TpCall& c, const TpPath* paths, const T* pw, const T* x,
+                             const T* y, const T* w, const T* z, const T* c_dy, const T* c_dw, T* c_x, T* c_w, T* c_z) {
+  cudaError_t err = cudaSuccess;
+  if (launch_uvu_shaped_edge_grads2<T>(stream, c, paths, pw, x, y, w, z, c_dy, c_dw, c_x, c_w, c_z, &err)) return err;
+  return cudaErrorInvalidValue;  // the handler checked that the call is one the kernel serves
+}
+
 template cudaError_t launch_tp<float>(cudaStream_t, const TpCall&, const TpPath*, const int32_t*, const float*,
                                       const float*, const float* const[4], float*);
 template cudaError_t launch_tp<double>(cudaStream_t, const TpCall&, const TpPath*, const int32_t*,
@@ -1794,5 +1940,11 @@ template cudaError_t launch_tp_grads<double>(cudaStream_t, const TpCall&, const 
                                           const double*, const double*, double*, double*, double*,
                                           const core::DxLists&);
 
-}  // namespace jbm::cuda
+template cudaError_t launch_tp_grads2<float>(cudaStream_t, const TpCall&, const TpPath*, const float*, const float*,
+                                             const float*, const float*, const float*, const float*, const float*,
+                                             float*, float*, float*);
+template cudaError_t launch_tp_grads2<double>(cudaStream_t, const TpCall&, const TpPath*, const double*, const double*,
+                                              const double*, const double*, const double*, const double*,
+                                              const double*, double*, double*, double*);
 
+}  // namespace jbm::cuda

@@ -26,4 +26,14 @@ cudaError_t launch_tp_grads(cudaStream_t stream, const core::TpCall& cy, const c
                          const T* x, const T* y, const T* w, const T* z, T* dy, T* dw, T* dx,
                          const core::DxLists& dx_lists);
 
+// The second-order pass of the force-training step (tensor_product.py, tp_grads2_p): for a slot-z graph call
+// `c` of a compiled shape (y: data, or edge vectors when c.sh_lmax >= 0) and the cotangents c_dy [rows,
+// dim_y] and c_dw [rows, num_w] of its fused y and weight gradients, c_x = T_x(c_dy, w, z) + T_x(Y, c_dw, z)
+// [nodes, dim_x], c_w = T_w(x, c_dy, z) [rows, num_w] and c_z = T_z(x, c_dy, w) + T_z(x, Y, c_dw) [nodes,
+// dim_z], those whose pointer is non-null, in one pass (atomic adds); cudaErrorInvalidValue for any other call.
+template <typename T>
+cudaError_t launch_tp_grads2(cudaStream_t stream, const core::TpCall& c, const core::TpPath* paths, const T* path_weight,
+                             const T* x, const T* y, const T* w, const T* z, const T* c_dy, const T* c_dw, T* c_x,
+                             T* c_w, T* c_z);
+
 }  // namespace jbm::cuda

@@ -16,6 +16,7 @@ NB_MODULE(_cuda, m) {
     d["jbm_sh_vjp"] = jbm::handler_capsule(JbmShVjpCuda);
     d["jbm_tp"] = jbm::handler_capsule(JbmTpCuda);
     d["jbm_tp_grads"] = jbm::handler_capsule(JbmTpGradsCuda);
+    d["jbm_tp_grads2"] = jbm::handler_capsule(JbmTpGrads2Cuda);
     return d;
   });
   m.def("build_info", []() {

@@ -269,6 +269,59 @@ inline xla::ffi::Error check_tp_grads(const xla::ffi::AnyBuffer& x, const xla::f
   return error;
 }
 
+// The second-order pass of the force-training step (target jbm_tp_grads2; tensor_product.py, tp_grads2_p):
+// operands x, y, w, z of a slot-z graph call of a compiled shape (y: data or edge vectors; per-edge
+// weights; z: the output's cotangent, [num_nodes, dim_z]) and the cotangents c_dy [E, dim_y] (SH values
+// when y is edge vectors) and c_dw [E, num_w] of its fused y and weight gradients; results c_x [num_nodes,
+// dim_x], c_w [E, num_w], c_z [num_nodes, dim_z], each empty when not asked for. Validated as the slot-z
+// call on (x, y, w) (check_tp, which fills *call), then the rest here.
+inline constexpr const char* kTpGrads2Op = "jbm_tp_grads2";
+
+inline xla::ffi::Error check_tp_grads2(const xla::ffi::AnyBuffer& x, const xla::ffi::AnyBuffer& y,
+                                       const xla::ffi::AnyBuffer& w, const xla::ffi::AnyBuffer& z,
+                                       const xla::ffi::AnyBuffer& c_dy, const xla::ffi::AnyBuffer& c_dw,
+                                       const xla::ffi::AnyBuffer& senders, const xla::ffi::AnyBuffer& receivers,
+                                       const xla::ffi::AnyBuffer& seg_offsets, const xla::ffi::AnyBuffer& seg_edges,
+                                       const xla::ffi::AnyBuffer& seg_pieces, const xla::ffi::AnyBuffer& paths,
+                                       const xla::ffi::AnyBuffer& cg_ijk, const xla::ffi::AnyBuffer& cg_c,
+                                       const xla::ffi::AnyBuffer& path_weight, const xla::ffi::AnyBuffer& c_x,
+                                       const xla::ffi::AnyBuffer& c_w, const xla::ffi::AnyBuffer& c_z,
+                                       int32_t shared_w, int32_t with_unweighted, int32_t dim_x, int32_t dim_y,
+                                       int32_t dim_z, int32_t num_w, int64_t num_items, int32_t kernel,
+                                       int32_t zero_fill, int64_t num_nodes, int32_t sh_lmax, int32_t sh_normalize,
+                                       int32_t sh_normalization, int32_t yc_width, TpBuffers* bufs,
+                                       core::TpCall* call) {
+  using ffi_util::invalid;
+  if (num_nodes < 0 || shared_w || (kernel >> 4) == 0)
+    return invalid(kTpGrads2Op, " serves graph calls of a compiled shape with per-edge weights");
+  if (seg_offsets.element_count() != 0 || seg_edges.element_count() != 0 || seg_pieces.element_count() != 0)
+    return invalid(kTpGrads2Op, " takes no edge lists (atomic mode)");
+  const xla::ffi::AnyBuffer* out_z = c_z.element_count() != 0 ? &c_z : nullptr;
+  xla::ffi::Error error = check_tp(x, y, w, senders, receivers, seg_offsets, seg_edges, seg_pieces, nullptr, paths,
+                                   cg_ijk, cg_c, path_weight, out_z, static_cast<int32_t>(core::TpSlot::kZ), shared_w,
+                                   with_unweighted, dim_x, dim_y, dim_z, num_w, num_items, kernel, zero_fill, num_nodes,
+                                   sh_lmax, sh_normalize, sh_normalization, yc_width, bufs, call);
+  if (error.failure()) return error;
+  const xla::ffi::DataType dt = x.element_type();
+  const int64_t edges = call->rows;
+  struct Sized {
+    const xla::ffi::AnyBuffer& buf;
+    const char* name;
+    int64_t count;
+    bool optional;
+  };
+  const Sized sized[] = {{z, "z", num_nodes * dim_z, false},       {c_dy, "c_dy", edges * dim_y, false},
+                         {c_dw, "c_dw", edges * num_w, false},     {c_x, "c_x (output)", num_nodes * dim_x, true},
+                         {c_w, "c_w (output)", edges * num_w, true}, {c_z, "c_z (output)", num_nodes * dim_z, true}};
+  for (const Sized& b : sized) {
+    const int64_t n = static_cast<int64_t>(b.buf.element_count());
+    if (b.buf.element_type() != dt || (n != b.count && !(b.optional && n == 0)))
+      return invalid(b.name, " of ", kTpGrads2Op, " must have x's dtype and ", b.count, " elements",
+                     b.optional ? " (or none)" : "", ", got ", n);
+  }
+  return error;
+}
+
 }  // namespace jbm
 
 #define JBM_TP_ATTRS                                                                               \
@@ -294,3 +347,12 @@ inline xla::ffi::Error check_tp_grads(const xla::ffi::AnyBuffer& x, const xla::f
       .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()      \
       .Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()       \
       .Ret<ffi::AnyBuffer>().Attr<int32_t>("deterministic") JBM_TP_ATTRS
+
+// jbm_tp_grads2: x, y, w, z, c_dy, c_dw, senders, receivers, the three (empty) edge lists, four tables;
+// results c_x, c_w, c_z (each empty when not asked for).
+#define JBM_TP_GRADS2_BIND                                                                            \
+  .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()         \
+      .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()      \
+      .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>()      \
+      .Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Arg<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>()       \
+      .Ret<ffi::AnyBuffer>().Ret<ffi::AnyBuffer>() JBM_TP_ATTRS

@@ -34,7 +34,8 @@ def export_disabled_checks() -> list:
     within one jaxbatmobile version, and the deserializing process must import jaxbatmobile (which
     registers the targets) before calling the artifact.
     """
-    return [jax.export.DisabledSafetyCheck.custom_call(name) for name in sorted(_cpu.registrations())]
+    names = set(_cpu.registrations()) | (set(_cuda.registrations()) if _cuda is not None else set())
+    return [jax.export.DisabledSafetyCheck.custom_call(name) for name in sorted(names)]
 
 
 def build_info() -> dict:
@@ -71,6 +72,11 @@ def register_lowering_rule(primitive, rule, target: str = "jbm") -> None:
     Attributes are numpy scalars, so that their MLIR types match what the C++ handlers bind.
     """
     mlir.register_lowering(primitive, rule, platform="cpu")
+    register_cuda_lowering_rule(primitive, rule, target)
+
+
+def register_cuda_lowering_rule(primitive, rule, target: str = "jbm") -> None:
+    """Register ``rule`` as the lowering of ``primitive`` on CUDA, or an error saying CUDA was not built."""
     if _cuda is not None:
         mlir.register_lowering(primitive, rule, platform="cuda")
     else:
