@@ -151,7 +151,10 @@ def test_second_order_pass_of_the_fused_gradients(rng, i1, varying, sorted_recei
 
     ours, _ = cotangents(lambda x_, y_, w_: jb.conv(tp, x_, y_, w_, s, r, num_nodes=n))
     assert "jbm_tensor_product_grads2" in str(jax.make_jaxpr(ours)((c_dy, c_dw)))
-    got = ours((c_dy, c_dw))
+    c_dw_device = jnp.asarray(c_dw)
+    got = ours((c_dy, c_dw_device))
+    np.testing.assert_array_equal(np.asarray(c_dw_device), c_dw)  # (the GPU writes c_w into c_dw's buffer
+    # where XLA may donate it: never a caller's array)
     f64 = lambda a: jnp.asarray(a, jnp.float64)  # noqa: E731  (the reference in fp64)
     x, y, w, z = (f64(a) for a in (x, y, w, z))
     ref, _ = cotangents(lambda x_, y_, w_: reference.conv(tp, x_, y_, w_ * keep[:, None], np.clip(s, 0, n - 1),

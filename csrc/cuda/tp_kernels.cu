@@ -1363,14 +1363,14 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
 // gradient kernel above): x and z kept per run of one sender / receiver, c_z summed over each run of one
 // receiver in registers and added once per run, c_x added per edge (senders are rarely sorted: H100 atomics
 // to random 2 kB rows cost ~0.1 ms per 150k edges, tools/atomics_bench.cu). Dropped edges (an index out of
-// range) contribute nothing and get zero c_w rows.
+// range) contribute nothing and get zero c_w rows. c_w may be c_dw's buffer (Python aliases them): each
+// element is read, then written, by the same thread (no __restrict__ on those two).
 template <uint32_t X, uint32_t Y, uint32_t O, typename T, bool SH>
 __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
     tp_uvu_shaped_edge_grads2_kernel(TpCall c, int chunk, const TpPath* __restrict__ paths_g,
                                      const T* __restrict__ pw_g, const T* __restrict__ x, const T* __restrict__ y,
                                      const T* __restrict__ w, const T* __restrict__ z, const T* __restrict__ c_dy,
-                                     const T* __restrict__ c_dw, T* __restrict__ c_x, T* __restrict__ c_w,
-                                     T* __restrict__ c_z) {
+                                     const T* c_dw, T* __restrict__ c_x, T* c_w, T* __restrict__ c_z) {
   using S = core::UvuShape<X, Y, O>;
   constexpr int kSize = kMaxEdgeChunk, N = S::kNumPaths;
   __shared__ T pw[N];

@@ -992,8 +992,12 @@ def _grads2_lowering(ctx, x, y, w, z, c_dy, c_dw, *graph, tables, unweighted, nu
         shapes = dict(zip(outs, (aval.shape for aval in ctx.avals_out)))
         results = [jax.ShapeDtypeStruct(shapes.get(s, (0,)), dtype) for s in (SLOT_X, SLOT_W, SLOT_Z)]
         no_lists = [jnp.zeros((0,), jnp.int32)] * 3  # (atomic mode: edges in their order)
-        got = jax.ffi.ffi_call("jbm_tp_grads2", results)(x, y, w, z, c_dy, c_dw, senders, receivers, *no_lists,
-                                                         *consts, **attrs)
+        # c_w is written into c_dw's buffer (each element read, then written, by one thread): in the force
+        # step c_dw (the energy's per-edge scale times the weights) has no other use, and a third array of
+        # the weights' size live at once would raise the step's peak by 614 MB (H100, MACE-medium).
+        aliases = {5: 1} if SLOT_W in outs else None
+        got = jax.ffi.ffi_call("jbm_tp_grads2", results, input_output_aliases=aliases)(
+            x, y, w, z, c_dy, c_dw, senders, receivers, *no_lists, *consts, **attrs)
         return [got[(SLOT_X, SLOT_W, SLOT_Z).index(s)] for s in outs]
 
     return mlir.lower_fun(body, multiple_results=True)(ctx, x, y, w, z, c_dy, c_dw, *graph)
