@@ -31,7 +31,9 @@ or vectors, edge weights) is one pass over the edges, taken in sender order so t
 gradient is summed over each sender's run of edges in registers and added to its row once per run
 (atomic adds), or, in the deterministic mode, summed over each sender's list (pieces of long lists, as
 above) and stored. The same pass serves those gradients alone too, which is what the force-training
-step's second derivatives are made of.
+step's second derivatives are made of in the deterministic mode; in atomic mode the derivatives of the
+forces' fused y and weight gradients (five contractions) are one pass over the edges
+(tensor_product.tp_grads2_p).
 
 When a gradient asks for both edge_attrs (or edge_vectors) and edge_weights, the two come from one
 pass over the edges (tensor_product.tp_grads_p): x, the output cotangent and the weights are read once.
