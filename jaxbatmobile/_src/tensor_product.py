@@ -1006,15 +1006,14 @@ def _grads2_lowering(ctx, x, y, w, z, c_dy, c_dw, *graph, tables, unweighted, nu
 tp_grads_lin_p.def_abstract_eval(_grads_lin_abstract)
 ffi.define_impl(tp_grads_lin_p)
 mlir.register_lowering(tp_grads_lin_p, mlir.lower_fun(_grads_lin_terms, multiple_results=True))
-_lin_rules = _linear_in_split(_grads_lin_terms, 4)
-ad.primitive_jvps[tp_grads_lin_p] = _lin_rules[0]
+# (its own transpose, not its terms': that is where the terms fuse into tp_grads2_p)
+ad.primitive_jvps[tp_grads_lin_p], _, batching.primitive_batchers[tp_grads_lin_p] = _linear_in_split(
+    _grads_lin_terms, 4)
 ad.primitive_transposes[tp_grads_lin_p] = _grads_lin_transpose
-batching.primitive_batchers[tp_grads_lin_p] = _lin_rules[2]
 
 tp_grads2_p.def_abstract_eval(_grads2_abstract)
 ffi.define_impl(tp_grads2_p)
 mlir.register_lowering(tp_grads2_p, mlir.lower_fun(_grads2_terms, multiple_results=True), platform="cpu")
 ffi.register_cuda_lowering_rule(tp_grads2_p, _grads2_lowering, "jbm_tp_grads2")
-_grads2_rules = _linear_in_split(_grads2_terms, 4)
-ad.primitive_jvps[tp_grads2_p], ad.primitive_transposes[tp_grads2_p] = _grads2_rules[:2]
-batching.primitive_batchers[tp_grads2_p] = _grads2_rules[2]
+ad.primitive_jvps[tp_grads2_p], ad.primitive_transposes[tp_grads2_p], batching.primitive_batchers[tp_grads2_p] = (
+    _linear_in_split(_grads2_terms, 4))
