@@ -1028,6 +1028,52 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_edge_y_kernel(TpCall c, int c
 // Bytes per MACE-medium edge (U = 128, 8 paths, fp32): weights 4.1 kB (the forward's DRAM traffic,
 // 0.21 ms for E = 150k at 2.9 TB/s), y 64 B; x (2 kB) and the output or cotangent rows (4.6 kB) are
 // gathered from L2 (N = 5k nodes: 2 + 23 MB). The backward also writes dw (4.1 kB) and dy.
+//
+// L2 cache hints. Each node row is gathered ~30 times (E / N) while the per-edge arrays (weights, their
+// cotangents and gradients: 614 MB for MACE-medium) stream through the 50 MB L2 once; with plain
+// accesses the stream evicts node rows, which then come from DRAM again (ncu, session 15: the forward
+// ran at 78% of the DRAM peak for 0.31 ms, ~0.81 GB, for ~0.65 GB of data). So node rows are gathered with an evict-last policy
+// (kKeepNodeRows), and per-edge streams can be loaded or stored evict-first (ld/st.global.cs). Measured
+// per kernel (H100, MACE-medium N = 5k E = 150k fp32, session 21, kernel ms; none / keep node rows /
+// + streaming loads / + streaming loads and stores): forward 0.313 / 0.295 / 0.286 / 0.286; dx 0.360 /
+// 0.356 / 0.293 / 0.292; dw 0.306 / 0.286 / – / 0.281; dy+dw 0.567 / 0.546 / 0.591 / 0.583; dx+dy+dw
+// 0.650 / 0.629 / 0.697 / 0.688; the second-order pass 1.058 / 1.040 / 1.026 / 0.997. The passes that
+// both read the weights and write their gradient lose with streaming loads; each kernel below takes the
+// set that measured best.
+enum CacheHints : int { kKeepNodeRows = 1, kStreamLoads = 2, kStreamStores = 4 };
+
+// A per-edge array's element, read once.
+template <int HINTS, typename T>
+__device__ __forceinline__ T load_edge(const T* p) {
+  if constexpr ((HINTS & kStreamLoads) != 0) return __ldcs(p);
+  else return *p;
+}
+// A per-edge array's element, written once.
+template <int HINTS, typename T>
+__device__ __forceinline__ void store_edge(T* p, T v) {
+  if constexpr ((HINTS & kStreamStores) != 0) __stcs(p, v);
+  else *p = v;
+}
+// A node row's element (gathered once per edge of the node).
+template <int HINTS, typename T>
+__device__ __forceinline__ T load_node(const T* p) {
+#if __CUDA_ARCH__ >= 800  // (createpolicy and L2::cache_hint: sm_80 and later)
+  if constexpr ((HINTS & kKeepNodeRows) != 0) {
+    uint64_t policy;
+    asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
+    T v;
+    if constexpr (sizeof(T) == 4) asm("ld.global.L2::cache_hint.f32 %0, [%1], %2;" : "=f"(v) : "l"(p), "l"(policy));
+    else asm("ld.global.L2::cache_hint.f64 %0, [%1], %2;" : "=d"(v) : "l"(p), "l"(policy));
+    return v;
+  }
+#endif
+  return *p;
+}
+// core::shape_gather with load_node.
+template <int HINTS, uint32_t LIST, typename T>
+__device__ __forceinline__ void gather_node(const T* row, int32_t mul, int32_t u, T* cu) {
+  core::shape_for_each<LIST>(mul, u, [&](int64_t at, int k) { cu[k] = load_node<HINTS>(row + at); });
+}
 
 // Channel accesses by warps. A degree block of a warp's 32 consecutive channels is 32·D contiguous values
 // of a row; a thread reading its channel's D components strides by D across the lanes, so each load
@@ -1042,7 +1088,7 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_edge_y_kernel(TpCall c, int c
 // shaped kernels (MACE-large forward 0.41 → 0.50 ms): those keep strided accesses.
 constexpr int kWarpBufElems = 32 * (2 * core::kCgMaxL + 1);
 
-template <uint32_t LIST, typename T>
+template <uint32_t LIST, int HINTS, typename T>
 __device__ __forceinline__ void warp_shape_gather(const T* row, int32_t mul, int32_t u0, T* buf, T* cu) {
   const int lane = threadIdx.x % 32;
   const int32_t n_channels = min(32, mul - u0);
@@ -1052,7 +1098,8 @@ __device__ __forceinline__ void warp_shape_gather(const T* row, int32_t mul, int
     constexpr int L = decltype(l)::value, D = 2 * L + 1, OFF = core::shape_offset(LIST, L);
     if constexpr (core::shape_has(LIST, L)) {
       const T* src = row + int64_t(mul) * OFF + int64_t(u0) * D;
-      for (int k = 0; k < D; ++k) raw[OFF + k] = k * 32 + lane < n_channels * D ? src[k * 32 + lane] : T(0);
+      for (int k = 0; k < D; ++k)
+        raw[OFF + k] = k * 32 + lane < n_channels * D ? load_node<HINTS>(src + k * 32 + lane) : T(0);
     }
   });
   core::static_for<core::kCgMaxL + 1>([&](auto l) {
@@ -1119,7 +1166,7 @@ __global__ void __launch_bounds__(kThreads, kShapedEdgeMinBlocks<T>)
                               const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
                               T* __restrict__ out) {
   using S = core::UvuShape<X, Y, O>;
-  constexpr int kSize = kMaxEdgeChunk, kWarps = kThreads / 32;
+  constexpr int kSize = kMaxEdgeChunk, kWarps = kThreads / 32, kHints = kKeepNodeRows | kStreamLoads;
   __shared__ T pw[S::kNumPaths];
   __shared__ int32_t ints[edge_chunk_ints(kSize)];
   __shared__ T y_rows[kSize * S::kDimY];
@@ -1159,7 +1206,8 @@ __global__ void __launch_bounds__(kThreads, kShapedEdgeMinBlocks<T>)
         T w_next[S::kNumPaths];  // the next edge's weights, loaded while this edge's products run
         auto load_w = [&](int t) {
           const int64_t e = ch.edge[t];
-          for (int n = 0; n < S::kNumPaths; ++n) w_next[n] = active ? w[e * w_stride + int64_t(n) * mul + u] : T(0);
+          for (int n = 0; n < S::kNumPaths; ++n)
+            w_next[n] = active ? load_edge<kHints>(w + e * w_stride + int64_t(n) * mul + u) : T(0);
         };
         if (valid > 0) load_w(0);
         for (int r = 0; r < num_runs; ++r) {
@@ -1169,7 +1217,7 @@ __global__ void __launch_bounds__(kThreads, kShapedEdgeMinBlocks<T>)
             T xu[S::kDimX], scale[S::kNumPaths];
             for (int n = 0; n < S::kNumPaths; ++n) scale[n] = pw[n] * w_next[n];
             if (t + 1 < valid) load_w(t + 1);
-            warp_shape_gather<X>(x + int64_t(ch.source[t]) * c.dim_x, mul, u0, buf, xu);
+            warp_shape_gather<X, kHints>(x + int64_t(ch.source[t]) * c.dim_x, mul, u0, buf, xu);
             core::uvu_shape_channel_add<X, Y, O>(xu, y_rows + t * S::kDimY, scale, zu);
           }
           warp_shape_scatter<O>(zu, mul, u0, buf, dst + int64_t(ch.run_target[r]) * c.dim_z,
@@ -1218,6 +1266,9 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
   static_assert(S::kDimY <= kGradsMaxDimY, "y of degrees above 3");
   constexpr bool kDx = GRADS & core::kGradX, kDy = GRADS & core::kGradY, kDw = GRADS & core::kGradW;
   constexpr bool kReadX = core::grads_read_x(GRADS), kReadY = core::grads_read_y(GRADS);
+  // Streaming loads of the weights lose where dw is also written (cache hints above); streaming stores
+  // were measured only for dw alone.
+  constexpr int kHints = kKeepNodeRows | (kDw ? (GRADS == core::kGradW ? kStreamStores : 0) : kStreamLoads);
   // The whole backward (all three gradients) loads the next edge's weights and cotangent row while this
   // edge's products run (H100, MACE-medium, session 17: 0.686 -> 0.651 ms). The smaller masks were
   // slower with it (dy+dw 0.568 -> 0.612 ms: more registers, one block less per SM).
@@ -1274,8 +1325,9 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
         auto prefetch = [&](int t) {
           if constexpr (PF)
             if (t < count && src_x[t] >= 0 && active) {
-              for (int n = 0; n < S::kNumPaths; ++n) w_next[n] = w[int64_t(edge[t]) * c.num_w + int64_t(n) * mul + u];
-              core::shape_gather<O>(dz + int64_t(src_z[t]) * c.dim_z, mul, u, dz_next);
+              for (int n = 0; n < S::kNumPaths; ++n)
+                w_next[n] = load_edge<kHints>(w + int64_t(edge[t]) * c.num_w + int64_t(n) * mul + u);
+              gather_node<kHints, O>(dz + int64_t(src_z[t]) * c.dim_z, mul, u, dz_next);
             }
         };
         if constexpr (PF) prefetch(0);
@@ -1298,22 +1350,22 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
             T dzu[S::kDimO], dxu[S::kDimX];
             if constexpr (kReadX)
               if (rx != x_row) {
-                core::shape_gather<X>(x + int64_t(rx) * c.dim_x, mul, u, xu);
+                gather_node<kHints, X>(x + int64_t(rx) * c.dim_x, mul, u, xu);
                 x_row = rx;
               }
             if constexpr (PF) {
               for (int k = 0; k < S::kDimO; ++k) dzu[k] = dz_cur[k];
             } else {
-              core::shape_gather<O>(dz + int64_t(src_z[t]) * c.dim_z, mul, u, dzu);
+              gather_node<kHints, O>(dz + int64_t(src_z[t]) * c.dim_z, mul, u, dzu);
             }
             core::uvu_shape_channel_grads<X, Y, O, GRADS>(
                 xu, yv, dzu, pw,
                 [&](int n) {
                   if constexpr (PF) return w_cur[n];
-                  else return wr[int64_t(n) * mul + u];
+                  else return load_edge<kHints>(wr + int64_t(n) * mul + u);
                 },
                 dxu, dyv,
-                [&](int n, T v) { dwr[int64_t(n) * mul + u] = v; });
+                [&](int n, T v) { store_edge<kHints>(dwr + int64_t(n) * mul + u, v); });
             if constexpr (kDx) {
               for (int k = 0; k < S::kDimX; ++k) acc[k] += dxu[k];
               if (!DET && (t + 1 == count || src_x[t + 1] != rx)) {  // sender rx's run ends: one add per component
@@ -1372,7 +1424,7 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
                                      const T* __restrict__ w, const T* __restrict__ z, const T* __restrict__ c_dy,
                                      const T* c_dw, T* __restrict__ c_x, T* c_w, T* __restrict__ c_z) {
   using S = core::UvuShape<X, Y, O>;
-  constexpr int kSize = kMaxEdgeChunk, N = S::kNumPaths;
+  constexpr int kSize = kMaxEdgeChunk, N = S::kNumPaths, kHints = kKeepNodeRows | kStreamLoads | kStreamStores;
   __shared__ T pw[N];
   __shared__ int32_t edge[kSize], src_x[kSize], src_z[kSize];  // src_x < 0: the edge is dropped
   __shared__ T y_rows[kSize][S::kDimY], cdy_rows[kSize][S::kDimY];
@@ -1411,17 +1463,17 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
         const int32_t rx = src_x[t], rz = src_z[t];
         if (rx >= 0 && active) {
           if (rx != x_row) {
-            core::shape_gather<X>(x + int64_t(rx) * c.dim_x, mul, u, xu);
+            gather_node<kHints, X>(x + int64_t(rx) * c.dim_x, mul, u, xu);
             x_row = rx;
           }
           if (rz != z_row) {
-            core::shape_gather<O>(z + int64_t(rz) * c.dim_z, mul, u, zu);
+            gather_node<kHints, O>(z + int64_t(rz) * c.dim_z, mul, u, zu);
             z_row = rz;
           }
           T wv[N], cw[N];
           for (int n = 0; n < N; ++n) {
-            wv[n] = w[e * c.num_w + int64_t(n) * mul + u];
-            cw[n] = c_dw[e * c.num_w + int64_t(n) * mul + u];
+            wv[n] = load_edge<kHints>(w + e * c.num_w + int64_t(n) * mul + u);
+            cw[n] = load_edge<kHints>(c_dw + e * c.num_w + int64_t(n) * mul + u);
           }
           if (c_z) {
             if (rz != acc_row) {  // a new receiver's run: the last one's sum goes out
@@ -1443,7 +1495,7 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
             core::uvu_shape_channel_grads<X, Y, O, core::kGradX | core::kGradW>(
                 xu, cdy_rows[t], zu, pw, [&](int n) { return wv[n]; }, dx_dy, static_cast<T*>(nullptr),
                 [&](int n, T v) {
-                  if (cwr) cwr[int64_t(n) * mul + u] = v;
+                  if (cwr) store_edge<kHints>(cwr + int64_t(n) * mul + u, v);
                 });
             if (c_x) {
               core::uvu_shape_channel_grads<X, Y, O, core::kGradX>(
