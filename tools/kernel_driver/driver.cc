@@ -90,7 +90,7 @@ int run(const std::string& dir, const std::map<std::string, int64_t>& attr, std:
   jbm::TpBuffers bufs;
   jbm::core::TpCall call;
   const ffi::Error error = jbm::check_tp(
-      op[0], op[1], op[2], op[3], op[4], op[5], op[6], op[7], &res[1], op[8], op[9], op[10], op[11], res[0],
+      op[0], op[1], op[2], op[3], op[4], op[5], op[6], op[7], &res[1], op[8], op[9], op[10], op[11], &res[0],
       int32_t(at("slot")), int32_t(at("shared_w")), int32_t(at("with_unweighted")), int32_t(at("dim_x")),
       int32_t(at("dim_y")), int32_t(at("dim_z")), int32_t(at("num_w")), at("num_items"), int32_t(at("kernel")),
       int32_t(at("zero_fill")), at("num_nodes"), int32_t(at("sh_lmax")), int32_t(at("sh_normalize")),
