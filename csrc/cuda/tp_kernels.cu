@@ -1032,8 +1032,9 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_edge_y_kernel(TpCall c, int c
 // L2 cache hints. Each node row is gathered ~30 times (E / N) while the per-edge arrays (weights, their
 // cotangents and gradients: 614 MB for MACE-medium) stream through the 50 MB L2 once; with plain
 // accesses the stream evicts node rows, which then come from DRAM again (ncu, session 15: the forward
-// ran at 78% of the DRAM peak for 0.31 ms, ~0.81 GB, for ~0.65 GB of data). So node rows are gathered with an evict-last policy
-// (kKeepNodeRows), and per-edge streams can be loaded or stored evict-first (ld/st.global.cs). Measured
+// ran at 78% of the DRAM peak for 0.31 ms, ~0.81 GB, for ~0.64 GB of data; with the hints it reads
+// 660 MB). So node rows are gathered with an evict-last policy (kKeepNodeRows), and per-edge streams
+// can be loaded or stored evict-first (ld/st.global.cs). Measured
 // per kernel (H100, MACE-medium N = 5k E = 150k fp32, session 21, kernel ms; none / keep node rows /
 // + streaming loads / + streaming loads and stores): forward 0.313 / 0.295 / 0.286 / 0.286; dx 0.360 /
 // 0.356 / 0.293 / 0.292; dw 0.306 / 0.286 / – / 0.281; dy+dw 0.567 / 0.546 / 0.591 / 0.583; dx+dy+dw
