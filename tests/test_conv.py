@@ -365,6 +365,40 @@ def test_fused_y_and_weight_gradients(rng, op, dtype):
 @pytest.mark.parametrize("deterministic", [False, True])
 @pytest.mark.parametrize("op", ["conv", "sh_conv"])
 @pytest.mark.parametrize("shape", ["mace-medium", "mace-large"])
+def test_forward_of_compiled_shapes(rng, shape, op, deterministic):
+    """The forward of a compiled shape's conv in fp32 on a graph long enough for many edge chunks per
+    block (E = 2400 on 40 nodes, receivers sorted in part: long runs), with dropped edges. On an sm_90 GPU
+    the weight and x rows of multiplicities up to 128 whose rows are whole 16-byte units come through the
+    bulk-copy ring (EdgeRing): 1, 4, 40, 128 for MACE-medium, 4 and 128 for MACE-large; the others (MACE-
+    large's 3, 130) fall back to the lanes' own loads. Against the unfused e3nn-jax reference in fp64."""
+    l2 = "0e+1o+2e" if shape == "mace-medium" else SH3
+    muls = (1, 4, 40, 128, 130) if shape == "mace-medium" else (3, 4, 128, 130)
+    n, e = 40, 2400
+    s = rng.integers(0, n, size=e).astype(np.int32)
+    r = np.sort(rng.integers(0, n, size=e)).astype(np.int32)
+    r[1200:] = rng.integers(0, n, size=e - 1200)  # the second half in random order
+    s[[5, 700, 1900]], r[[6, 1500]] = -3, n  # dropped edges
+    keep = (s >= 0) & (s < n) & (r >= 0) & (r < n)
+    for mul in muls:
+        i1 = f"{mul}x0e+{mul}x1o" if shape == "mace-medium" else f"{mul}x0e+{mul}x1o+{mul}x2e"
+        io = " + ".join(f"{mul}x{ir}" for ir in l2.split("+"))
+        tp = jb.TensorProduct(i1, SH3, io, jb.channelwise_instructions(i1, SH3, io))
+        assert tp._tables.uvu_shape in jb.build_info()["uvu_shapes"]
+        x, y, w = _inputs(rng, tp, n, e, np.float32)
+        if op == "conv":
+            got = jb.conv(tp, x, y, w, s, r, num_nodes=n, deterministic=deterministic)
+        else:
+            y = _vectors(rng, e, np.float32)
+            got = jb.sh_conv(tp, x, y, w, s, r, num_nodes=n, deterministic=deterministic)
+            y = reference.spherical_harmonics(jnp.asarray(y, jnp.float64), 3, True, "component")
+        want = _ref(tp, x, np.asarray(y)[keep], w[keep], s[keep], r[keep], n)
+        assert got.dtype == np.float32
+        assert_close(got, want, TOL[np.float32])
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+@pytest.mark.parametrize("op", ["conv", "sh_conv"])
+@pytest.mark.parametrize("shape", ["mace-medium", "mace-large"])
 def test_whole_backward_of_compiled_shapes(rng, shape, op, deterministic):
     """The backward of a compiled shape's conv in (node features, edge attributes or vectors, weights):
     one fused call in both modes (tp_grads_p with grads (y, w, x): dx scattered to senders from the same

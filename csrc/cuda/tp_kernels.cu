@@ -1149,6 +1149,139 @@ inline int balanced_chunk(int64_t rows, int64_t resident_blocks) {
   return static_cast<int>(std::min<int64_t>(std::max<int64_t>((rows + units - 1) / units, 1), kMaxEdgeChunk));
 }
 
+// ---- per-edge rows staged by the Tensor Memory Accelerator (sm_90): the forward's ring ----------------
+//
+// The forward of a compiled shape reads, per edge, the edge's weight row (num_w values, from DRAM) and the
+// sender's x row (from L2). With each lane loading them itself, a warp keeps one edge's loads in flight
+// (the register prefetch: ~1 kB per warp, ~24 kB per SM at 6 blocks) and pays their latency whenever it
+// runs ahead. Here a producer warp (the block's last; one lane) copies both rows of each of the next
+// `depth` edges into a ring of shared-memory slots with bulk copies (cp.async.bulk: one instruction per
+// row, no registers held), signalling a `full` mbarrier per slot with the bytes landed; the consumer warps
+// (one per 32 channels) wait on it, read their channels' values into registers, and arrive on the slot's
+// `empty` barrier, which the producer waits on before reusing it. Both sides walk the same items in the
+// same order with a RingCursor: slot s, and the parity of the round (phase) in which the ring is.
+struct EdgeRing {
+  uint64_t* full;   // [depth]
+  uint64_t* empty;  // [depth]
+  unsigned char* slots;
+  int depth;
+  uint32_t w_bytes, x_bytes, slot_bytes;
+};
+
+struct RingCursor {
+  int slot = 0;
+  uint32_t phase = 0;
+  __device__ void advance(int depth) {
+    if (++slot == depth) slot = 0, phase ^= 1;
+  }
+};
+
+__host__ __device__ constexpr size_t align128(size_t bytes) { return (bytes + 127) / 128 * 128; }
+// Dynamic shared memory of a ring: its barriers, then `depth` slots of an edge's weight and x rows.
+__host__ __device__ inline size_t ring_slot_bytes(size_t w_bytes, size_t x_bytes) {
+  return align128(w_bytes) + align128(x_bytes);
+}
+__host__ __device__ inline size_t ring_bytes(int depth, size_t w_bytes, size_t x_bytes) {
+  return align128(2 * depth * sizeof(uint64_t)) + depth * ring_slot_bytes(w_bytes, x_bytes);
+}
+
+__device__ inline EdgeRing carve_edge_ring(unsigned char* smem, int depth, uint32_t w_bytes, uint32_t x_bytes) {
+  EdgeRing r;
+  r.full = reinterpret_cast<uint64_t*>(smem);
+  r.empty = r.full + depth;
+  r.slots = smem + align128(2 * depth * sizeof(uint64_t));
+  r.depth = depth;
+  r.w_bytes = w_bytes;
+  r.x_bytes = x_bytes;
+  r.slot_bytes = static_cast<uint32_t>(ring_slot_bytes(w_bytes, x_bytes));
+  return r;
+}
+
+// The PTX below is sm_90's; the launcher picks the ring only on such devices (older targets compile traps).
+#if __CUDA_ARCH__ >= 900
+__device__ __forceinline__ uint32_t smem_address(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+#endif
+__device__ __forceinline__ void mbar_init(uint64_t* bar, unsigned count) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_address(bar)), "r"(count) : "memory");
+#else
+  __trap();
+#endif
+}
+// Makes the barriers' initialization visible to the async proxy (the bulk copies) before first use.
+__device__ __forceinline__ void mbar_init_fence() {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_address(bar)) : "memory");
+#endif
+}
+__device__ __forceinline__ void mbar_arrive_expect_tx(uint64_t* bar, uint32_t bytes) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_address(bar)), "r"(bytes) : "memory");
+#endif
+}
+// Until the phase of parity `parity` of the barrier has completed.
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile(
+      "{\n .reg .pred done;\n jbm_wait:\n"
+      " mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      " @!done bra jbm_wait;\n}" ::"r"(smem_address(bar)),
+      "r"(parity)
+      : "memory");
+#endif
+}
+// `bytes` (a multiple of 16; both addresses 16-byte aligned) from global to shared memory, completing
+// `bytes` of the barrier's transaction count; `policy` an L2 cache policy (createpolicy).
+__device__ __forceinline__ void bulk_copy_to_shared(void* dst, const void* src, uint32_t bytes, uint64_t* bar,
+                                                    uint64_t policy) {
+#if __CUDA_ARCH__ >= 900
+  asm volatile(
+      "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;" ::"r"(
+          smem_address(dst)),
+      "l"(src), "r"(bytes), "r"(smem_address(bar)), "l"(policy)
+      : "memory");
+#endif
+}
+__device__ __forceinline__ uint64_t l2_policy_evict_last() {
+  uint64_t policy = 0;
+#if __CUDA_ARCH__ >= 800
+  asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
+#endif
+  return policy;
+}
+__device__ __forceinline__ uint64_t l2_policy_evict_first() {
+  uint64_t policy = 0;
+#if __CUDA_ARCH__ >= 800
+  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+#endif
+  return policy;
+}
+
+// Producer side (one lane): the rows of the chunk's `count` entries. A slot is free once the consumers
+// arrived on its `empty` barrier in the previous round (in round 0 the wait on parity 1 returns at once:
+// a fresh barrier counts the phase before its first as complete).
+template <typename T>
+__device__ void ring_produce(const EdgeRing& ring, const EdgeChunk& ch, int count, RingCursor* at, const T* x,
+                             int64_t dim_x, const T* w, int64_t num_w) {
+  const uint64_t stream = l2_policy_evict_first(), keep = l2_policy_evict_last();
+  for (int t = 0; t < count; ++t, at->advance(ring.depth)) {
+    const int s = at->slot;
+    mbar_wait(&ring.empty[s], at->phase ^ 1);
+    unsigned char* slot = ring.slots + size_t(s) * ring.slot_bytes;
+    mbar_arrive_expect_tx(&ring.full[s], ring.w_bytes + ring.x_bytes);
+    bulk_copy_to_shared(slot, w + int64_t(ch.edge[t]) * num_w, ring.w_bytes, &ring.full[s], stream);
+    bulk_copy_to_shared(slot + align128(ring.w_bytes), x + int64_t(ch.source[t]) * dim_x, ring.x_bytes,
+                        &ring.full[s], keep);
+  }
+}
+
 // Slot z (conv / sh_conv forward), both modes: chunks staged as in tp_uvu_edge_kernel (stage_edge_chunk:
 // compaction, runs of equal target, SH rows), then each warp takes 32 channels and each lane sums its
 // channel over each run's edges in registers (core::uvu_shape_channel_add) and writes the run's row once
@@ -1157,29 +1290,54 @@ inline int balanced_chunk(int64_t rows, int64_t resident_blocks) {
 // weights (the DRAM stream) before this edge's gather and products, so a load's latency overlaps one
 // edge's work. fp32 is compiled for 6 blocks per SM (80 registers, no spills): H100, MACE-medium
 // N = 5k, E = 150k, session 17, kernel ms in one build: no prefetch at 8 blocks (64 registers, spills)
-// 0.326, prefetch at 8 blocks 0.352, prefetch at 6 blocks 0.314 (det 0.325 / 0.346 / 0.329).
+// 0.326, prefetch at 8 blocks 0.352, prefetch at 6 blocks 0.314 (det 0.325 / 0.346 / 0.329). This is the
+// fallback where the ring below does not apply (fp64, older GPUs, misaligned rows, > kThreads channels).
+//
+// RING (sm_90, fp32, per-edge weights, at most kThreads channels): the weight and x rows come through an
+// EdgeRing of kEdgeRingDepth slots filled by a producer warp (the block's fifth) instead of each lane's
+// loads. 64 registers, 6 blocks per SM. H100, same problem, session 22, one build, kernel ms: lanes' loads
+// 0.286 (twice); ring depth 2: 0.246, 3: 0.242, 4: 0.243 / 0.241, 6: 0.243, 8: 0.246. The depth barely
+// matters: what the ring removes is each lane's share of the loads (8 weight loads, the x gather and its
+// transposes per edge) and their latency in every warp's chain, not a shortage of bytes in flight.
 template <typename T>
 constexpr int kShapedEdgeMinBlocks = sizeof(T) == 4 ? 6 : 1;
+constexpr int kRingThreads = kThreads + 32;
+constexpr int kRingMinBlocks = 6;
+constexpr int kEdgeRingDepth = 3;
 
-template <uint32_t X, uint32_t Y, uint32_t O, typename T, bool SH>
-__global__ void __launch_bounds__(kThreads, kShapedEdgeMinBlocks<T>)
-    tp_uvu_shaped_edge_kernel(TpCall c, int chunk, const TpPath* __restrict__ paths_g, const T* __restrict__ pw_g,
-                              const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
-                              T* __restrict__ out) {
+template <uint32_t X, uint32_t Y, uint32_t O, typename T, bool SH, bool RING>
+__global__ void __launch_bounds__(RING ? kRingThreads : kThreads, RING ? kRingMinBlocks : kShapedEdgeMinBlocks<T>)
+    tp_uvu_shaped_edge_kernel(TpCall c, int chunk, int ring_depth, const TpPath* __restrict__ paths_g,
+                              const T* __restrict__ pw_g, const T* __restrict__ x, const T* __restrict__ y,
+                              const T* __restrict__ w, T* __restrict__ out) {
   using S = core::UvuShape<X, Y, O>;
   constexpr int kSize = kMaxEdgeChunk, kWarps = kThreads / 32, kHints = kKeepNodeRows | kStreamLoads;
   __shared__ T pw[S::kNumPaths];
   __shared__ int32_t ints[edge_chunk_ints(kSize)];
   __shared__ T y_rows[kSize * S::kDimY];
   __shared__ T warp_bufs[kWarps][kWarpBufElems];
+  extern __shared__ __align__(128) unsigned char ring_smem[];
   EdgeChunk ch;
   carve_edge_indices(ints, kSize, &ch);
   ch.y_rows = y_rows;
   const int32_t mul = static_cast<int32_t>(c.dim_x / S::kDimX);
   load_shape_path_weights<S::kNumPaths>(paths_g, pw_g, c.num_paths, mul, pw);
+  EdgeRing ring{};
+  if constexpr (RING) {
+    ring = carve_edge_ring(ring_smem, ring_depth, static_cast<uint32_t>(c.num_w * sizeof(T)),
+                           static_cast<uint32_t>(c.dim_x * sizeof(T)));
+    if (threadIdx.x == 0) {
+      for (int s = 0; s < ring_depth; ++s) {
+        mbar_init(&ring.full[s], 1);            // the producer's arrive (with the bytes expected)
+        mbar_init(&ring.empty[s], kWarps);      // one arrive per consumer warp
+      }
+      mbar_init_fence();
+    }
+  }
   __syncthreads();
+  RingCursor at;  // RING: this thread's place in the ring (the producer lane's and each consumer's)
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
-  T* buf = warp_bufs[warp];
+  T* buf = warp_bufs[min(warp, kWarps - 1)];  // (RING's producer warp scatters nothing)
   const int64_t w_stride = c.shared_w ? 0 : c.num_w;
   const bool det = c.segmented();
   const int step = det ? kSize : chunk;
@@ -1201,28 +1359,59 @@ __global__ void __launch_bounds__(kThreads, kShapedEdgeMinBlocks<T>)
       }
       const Store how = !det ? Store::kAtomicAdd : k0 > begin ? Store::kAdd : Store::kSet;
       const int num_runs = *ch.num_runs;
-      for (int32_t u0 = warp * 32; u0 < mul; u0 += blockDim.x) {  // warp-uniform: the lanes' channels u0 + lane
-        const int32_t u = u0 + lane;
-        const bool active = u < mul;
-        T w_next[S::kNumPaths];  // the next edge's weights, loaded while this edge's products run
-        auto load_w = [&](int t) {
-          const int64_t e = ch.edge[t];
-          for (int n = 0; n < S::kNumPaths; ++n)
-            w_next[n] = active ? load_edge<kHints>(w + e * w_stride + int64_t(n) * mul + u) : T(0);
-        };
-        if (valid > 0) load_w(0);
-        for (int r = 0; r < num_runs; ++r) {
-          T zu[S::kDimO];
-          for (int k = 0; k < S::kDimO; ++k) zu[k] = T(0);
-          for (int t = ch.runs[r]; t < ch.runs[r + 1]; ++t) {
-            T xu[S::kDimX], scale[S::kNumPaths];
-            for (int n = 0; n < S::kNumPaths; ++n) scale[n] = pw[n] * w_next[n];
-            if (t + 1 < valid) load_w(t + 1);
-            warp_shape_gather<X, kHints>(x + int64_t(ch.source[t]) * c.dim_x, mul, u0, buf, xu);
-            core::uvu_shape_channel_add<X, Y, O>(xu, y_rows + t * S::kDimY, scale, zu);
+      if constexpr (RING) {
+        if (warp == kWarps) {  // the producer
+          if (lane == 0) ring_produce(ring, ch, valid, &at, x, c.dim_x, w, c.num_w);
+          __syncwarp();
+        } else {  // a consumer: channels warp * 32 + lane (the launcher checked mul <= kThreads)
+          const int32_t u0 = warp * 32, u = u0 + lane;
+          const bool active = u < mul;
+          for (int r = 0; r < num_runs; ++r) {
+            T zu[S::kDimO];
+            for (int k = 0; k < S::kDimO; ++k) zu[k] = T(0);
+            for (int t = ch.runs[r]; t < ch.runs[r + 1]; ++t, at.advance(ring_depth)) {
+              const int s = at.slot;
+              mbar_wait(&ring.full[s], at.phase);
+              const unsigned char* slot = ring.slots + size_t(s) * ring.slot_bytes;
+              const T* w_row = reinterpret_cast<const T*>(slot);
+              const T* x_row = reinterpret_cast<const T*>(slot + align128(ring.w_bytes));
+              T xu[S::kDimX], scale[S::kNumPaths];
+              for (int n = 0; n < S::kNumPaths; ++n) scale[n] = active ? pw[n] * w_row[n * mul + u] : T(0);
+              for (int k = 0; k < S::kDimX; ++k) xu[k] = T(0);
+              if (active) core::shape_gather<X>(x_row, mul, u, xu);
+              __syncwarp();
+              if (lane == 0) mbar_arrive(&ring.empty[s]);  // the slot is read: the producer may refill it
+              core::uvu_shape_channel_add<X, Y, O>(xu, y_rows + t * S::kDimY, scale, zu);
+            }
+            if (u0 < mul)
+              warp_shape_scatter<O>(zu, mul, u0, buf, dst + int64_t(ch.run_target[r]) * c.dim_z,
+                                    [how](T* p, T v) { store_one(v, p, how); });
           }
-          warp_shape_scatter<O>(zu, mul, u0, buf, dst + int64_t(ch.run_target[r]) * c.dim_z,
-                                [how](T* p, T v) { store_one(v, p, how); });
+        }
+      } else {  // each lane loads its own operands
+        for (int32_t u0 = warp * 32; u0 < mul; u0 += blockDim.x) {  // warp-uniform: the lanes' channels u0 + lane
+          const int32_t u = u0 + lane;
+          const bool active = u < mul;
+          T w_next[S::kNumPaths];  // the next edge's weights, loaded while this edge's products run
+          auto load_w = [&](int t) {
+            const int64_t e = ch.edge[t];
+            for (int n = 0; n < S::kNumPaths; ++n)
+              w_next[n] = active ? load_edge<kHints>(w + e * w_stride + int64_t(n) * mul + u) : T(0);
+          };
+          if (valid > 0) load_w(0);
+          for (int r = 0; r < num_runs; ++r) {
+            T zu[S::kDimO];
+            for (int k = 0; k < S::kDimO; ++k) zu[k] = T(0);
+            for (int t = ch.runs[r]; t < ch.runs[r + 1]; ++t) {
+              T xu[S::kDimX], scale[S::kNumPaths];
+              for (int n = 0; n < S::kNumPaths; ++n) scale[n] = pw[n] * w_next[n];
+              if (t + 1 < valid) load_w(t + 1);
+              warp_shape_gather<X, kHints>(x + int64_t(ch.source[t]) * c.dim_x, mul, u0, buf, xu);
+              core::uvu_shape_channel_add<X, Y, O>(xu, y_rows + t * S::kDimY, scale, zu);
+            }
+            warp_shape_scatter<O>(zu, mul, u0, buf, dst + int64_t(ch.run_target[r]) * c.dim_z,
+                                  [how](T* p, T v) { store_one(v, p, how); });
+          }
         }
       }
       __syncthreads();  // the chunk's staging is reused
@@ -1669,6 +1858,20 @@ bool launch_uvu_shaped_grads(cudaStream_t stream, const TpCall& cy, const TpPath
   });
 }
 
+// The forward's EdgeRing depth for call `c` of multiplicity `mul`, or 0 for the lanes' own loads: the ring
+// needs sm_90 (bulk copies), fp32 (fp64 rows would halve the blocks per SM), per-edge weights, one consumer
+// warp per 32 channels, and rows whose bytes (and start addresses) are multiples of 16.
+template <typename T>
+int edge_ring_depth(const TpCall& c, int32_t mul, const T* x, const T* w) {
+  constexpr int depth = kEdgeRingDepth;
+  const bool fits = sizeof(T) == 4 && !c.shared_w && mul <= kThreads && (c.num_w * sizeof(T)) % 16 == 0 &&
+                    (c.dim_x * sizeof(T)) % 16 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
+                    reinterpret_cast<uintptr_t>(w) % 16 == 0 &&
+                    device_attribute<cudaDevAttrComputeCapabilityMajor>(0) >= 9 &&
+                    ring_bytes(depth, c.num_w * sizeof(T), c.dim_x * sizeof(T)) <= smem_optin_limit() / 2;
+  return depth > 0 && fits ? depth : 0;
+}
+
 // Slot z of a graph call of a compiled shape (tp_uvu_shaped_edge_kernel), both modes; the caller zeroed
 // the output where the mode needs it and adds the deterministic mode's pieces after. False when the call
 // is not one (the caller runs tp_uvu_edge_kernel).
@@ -1681,16 +1884,33 @@ bool launch_uvu_shaped_edges(cudaStream_t stream, const TpCall& c, const TpPath*
     if (shaped_mul<S>(c) == 0) return false;
     if (c.sh_lmax >= 0 && core::sh_dim(c.sh_lmax) != c.dim_y) return false;
     const bool sh = c.sh_lmax >= 0;
-    auto kernel = sh ? tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, true>
-                     : tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, false>;
-    static std::atomic<int> resident[2];  // blocks per SM of each kernel, queried once
+    const int depth = edge_ring_depth<T>(c, shaped_mul<S>(c), ops[0], ops[2]);
+    const bool ring = depth > 0;
+    auto kernel = sh ? tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, true, false>
+                     : tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, false, false>;
+    if constexpr (sizeof(T) == 4)  // (edge_ring_depth is 0 otherwise: no ring instantiations)
+      if (ring)
+        kernel = sh ? tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, true, true>
+                    : tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, false, true>;
+    const int threads = ring ? kRingThreads : kThreads;
+    const size_t smem = ring ? ring_bytes(depth, c.num_w * sizeof(T), c.dim_x * sizeof(T)) : 0;
+    if (smem > 48 * 1024) {
+      *err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+      if (*err != cudaSuccess) return true;
+    }
     const bool det = c.segmented();
-    const int chunk = det ? kMaxEdgeChunk : balanced_chunk(c.rows, resident_blocks(kernel, &resident[sh]));
+    int chunk = kMaxEdgeChunk;
+    if (!det) {
+      int per_sm = 0;  // (the ring's depth may change between calls: not cached)
+      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem) != cudaSuccess || per_sm <= 0)
+        per_sm = 1;
+      chunk = balanced_chunk(c.rows, int64_t(per_sm) * multiprocessors());
+    }
     const int64_t units = det ? node_piece_units(c) : (c.rows + chunk - 1) / chunk;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(units, int64_t(1) << 20));
     *err = cudaSuccess;
     if (blocks == 0) return true;
-    kernel<<<blocks, kThreads, 0, stream>>>(c, chunk, paths, pw, ops[0], ops[1], ops[2], out);
+    kernel<<<blocks, threads, smem, stream>>>(c, chunk, depth, paths, pw, ops[0], ops[1], ops[2], out);
     *err = cudaGetLastError();
     return true;
   });
