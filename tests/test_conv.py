@@ -365,12 +365,13 @@ def test_fused_y_and_weight_gradients(rng, op, dtype):
 @pytest.mark.parametrize("deterministic", [False, True])
 @pytest.mark.parametrize("op", ["conv", "sh_conv"])
 @pytest.mark.parametrize("shape", ["mace-medium", "mace-large"])
-def test_forward_of_compiled_shapes(rng, shape, op, deterministic):
-    """The forward of a compiled shape's conv in fp32 on a graph long enough for many edge chunks per
-    block (E = 2400 on 40 nodes, receivers sorted in part: long runs), with dropped edges. On an sm_90 GPU
-    the weight and x rows of multiplicities up to 128 whose rows are whole 16-byte units come through the
-    bulk-copy ring (EdgeRing): 1, 4, 40, 128 for MACE-medium, 4 and 128 for MACE-large; the others (MACE-
-    large's 3, 130) fall back to the lanes' own loads. Against the unfused e3nn-jax reference in fp64."""
+def test_compiled_shapes_fp32_long_graph(rng, shape, op, deterministic):
+    """The forward and the whole backward (one fused pass) of a compiled shape's conv in fp32 on a graph
+    long enough for many edge chunks per block (E = 2400 on 40 nodes, receivers sorted in part: long runs),
+    with dropped edges. On an sm_90 GPU the per-edge rows (weights, x, the cotangent) of multiplicities up
+    to 128 whose rows are whole 16-byte units come through the bulk-copy ring (EdgeRing): 1, 4, 40, 128 for
+    MACE-medium, 4 and 128 for MACE-large; the others (MACE-large's 3, 130) fall back to the lanes' own
+    loads. Against the unfused e3nn-jax reference in fp64."""
     l2 = "0e+1o+2e" if shape == "mace-medium" else SH3
     muls = (1, 4, 40, 128, 130) if shape == "mace-medium" else (3, 4, 128, 130)
     n, e = 40, 2400
@@ -386,14 +387,22 @@ def test_forward_of_compiled_shapes(rng, shape, op, deterministic):
         assert tp._tables.uvu_shape in jb.build_info()["uvu_shapes"]
         x, y, w = _inputs(rng, tp, n, e, np.float32)
         if op == "conv":
-            got = jb.conv(tp, x, y, w, s, r, num_nodes=n, deterministic=deterministic)
+            f = lambda x, y, w: jb.conv(tp, x, y, w, s, r, num_nodes=n, deterministic=deterministic)  # noqa: E731
+            ref = lambda x, y, w: _ref(tp, x, y[keep], w[keep], s[keep], r[keep], n)  # noqa: E731
         else:
-            y = _vectors(rng, e, np.float32)
-            got = jb.sh_conv(tp, x, y, w, s, r, num_nodes=n, deterministic=deterministic)
-            y = reference.spherical_harmonics(jnp.asarray(y, jnp.float64), 3, True, "component")
-        want = _ref(tp, x, np.asarray(y)[keep], w[keep], s[keep], r[keep], n)
-        assert got.dtype == np.float32
-        assert_close(got, want, TOL[np.float32])
+            # (no near-zero vectors: their SH gradients, ~1/|v|, are ill-conditioned in fp32; fp64 tests cover them)
+            y = rng.normal(size=(e, 3)).astype(np.float32)
+            f = lambda x, v, w: jb.sh_conv(tp, x, v, w, s, r, num_nodes=n, deterministic=deterministic)  # noqa
+            sh = lambda v: reference.spherical_harmonics(jnp.asarray(v, jnp.float64), 3, True, "component")  # noqa
+            ref = lambda x, v, w: _ref(tp, x, sh(v)[keep], w[keep], s[keep], r[keep], n)  # noqa: E731
+        dz = rng.normal(size=(n, tp.irreps_out.dim)).astype(np.float32)
+        out, vjp = jax.vjp(f, x, y, w)
+        want, vjp_ref = jax.vjp(ref, *(jnp.asarray(a, jnp.float64) for a in (x, y, w)))
+        assert out.dtype == np.float32
+        assert_close(out, want, TOL[np.float32])
+        for g, h in zip(vjp(dz), vjp_ref(jnp.asarray(dz, jnp.float64))):
+            assert g.dtype == np.float32
+            assert_close(g, h, TOL[np.float32])
 
 
 @pytest.mark.parametrize("deterministic", [False, True])

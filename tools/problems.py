@@ -8,6 +8,7 @@ import jaxbatmobile as jb
 SH = "0e+1o+2e+3o"
 PROBLEMS = {  # name: (input irreps, output irreps, nodes or None for a plain product, edges or batch)
     "mace-medium": ("128x0e+128x1o", "128x0e+128x1o+128x2e", 5000, 150_000),
+    "mace-large": ("128x0e+128x1o+128x2e", "128x0e+128x1o+128x2e+128x3o", 5000, 100_000),
     "mace-medium-cpu": ("8x0e+8x1o", "8x0e+8x1o+8x2e", 50, 1500),
     "nequix-train": ("128x0e+128x1o+128x2e+128x3o", "128x0e+128x1o+128x2e+128x3o", 256, 11_253),
     "nequix-md": ("128x0e+128x1o+128x2e+128x3o", "128x0e+128x1o+128x2e+128x3o", 864, 37_800),

@@ -24,6 +24,8 @@
 // (core::tp_sh_row) and never written to device memory.
 #include <algorithm>
 #include <atomic>
+#include <mutex>
+#include <vector>
 
 #include "core/tp_uvu.h"
 #include "core/tp_uvu_shape.h"
@@ -1149,23 +1151,28 @@ inline int balanced_chunk(int64_t rows, int64_t resident_blocks) {
   return static_cast<int>(std::min<int64_t>(std::max<int64_t>((rows + units - 1) / units, 1), kMaxEdgeChunk));
 }
 
-// ---- per-edge rows staged by the Tensor Memory Accelerator (sm_90): the forward's ring ----------------
+// ---- per-edge rows staged by the Tensor Memory Accelerator (sm_90): the edge kernels' ring -----------
 //
-// The forward of a compiled shape reads, per edge, the edge's weight row (num_w values, from DRAM) and the
-// sender's x row (from L2). With each lane loading them itself, a warp keeps one edge's loads in flight
-// (the register prefetch: ~1 kB per warp, ~24 kB per SM at 6 blocks) and pays their latency whenever it
-// runs ahead. Here a producer warp (the block's last; one lane) copies both rows of each of the next
-// `depth` edges into a ring of shared-memory slots with bulk copies (cp.async.bulk: one instruction per
-// row, no registers held), signalling a `full` mbarrier per slot with the bytes landed; the consumer warps
-// (one per 32 channels) wait on it, read their channels' values into registers, and arrive on the slot's
-// `empty` barrier, which the producer waits on before reusing it. Both sides walk the same items in the
-// same order with a RingCursor: slot s, and the parity of the round (phase) in which the ring is.
+// The edge kernels of compiled shapes read, per edge, rows of a few operands: the edge's weight row (DRAM),
+// the sender's x row and (gradients) the receiver's cotangent row (L2). With each lane loading its own
+// channel's values, a warp keeps one edge's loads in flight (a register prefetch of the next edge at
+// most) and pays their latency in its chain of dependent steps. Here a producer warp (the block's last;
+// one lane) copies the rows of each of the next `depth` edges into a ring of shared-memory slots with
+// bulk copies (cp.async.bulk: one instruction per row, no registers held), signalling a `full` mbarrier
+// per slot with the bytes landed; the consumer warps (one per 32 channels) wait on it, read their
+// channels' values into registers, and arrive on the slot's `empty` barrier, which the producer waits on
+// before reusing it. Both sides walk the same items in the same order with a RingCursor: slot s, and the
+// parity of the round (phase) in which the ring is. A slot holds up to kRingRows rows (bytes[i] == 0: row
+// i absent from every item); an item may leave a row out (the x row of a run's later edges).
+constexpr int kRingRows = 3;
+
 struct EdgeRing {
   uint64_t* full;   // [depth]
   uint64_t* empty;  // [depth]
   unsigned char* slots;
   int depth;
-  uint32_t w_bytes, x_bytes, slot_bytes;
+  uint32_t bytes[kRingRows], offset[kRingRows], slot_bytes;
+  __device__ const unsigned char* row(int slot, int i) const { return slots + size_t(slot) * slot_bytes + offset[i]; }
 };
 
 struct RingCursor {
@@ -1176,28 +1183,41 @@ struct RingCursor {
   }
 };
 
-__host__ __device__ constexpr size_t align128(size_t bytes) { return (bytes + 127) / 128 * 128; }
-// Dynamic shared memory of a ring: its barriers, then `depth` slots of an edge's weight and x rows.
-__host__ __device__ inline size_t ring_slot_bytes(size_t w_bytes, size_t x_bytes) {
-  return align128(w_bytes) + align128(x_bytes);
-}
-__host__ __device__ inline size_t ring_bytes(int depth, size_t w_bytes, size_t x_bytes) {
-  return align128(2 * depth * sizeof(uint64_t)) + depth * ring_slot_bytes(w_bytes, x_bytes);
+// The bytes of a slot's rows w, x and z (the cotangent), from their widths in elements (0: absent).
+struct RingRows {
+  uint32_t bytes[kRingRows];
+};
+template <typename T>
+__host__ __device__ inline RingRows edge_ring_rows(int64_t w, int64_t x, int64_t z) {
+  return {{static_cast<uint32_t>(w * sizeof(T)), static_cast<uint32_t>(x * sizeof(T)),
+           static_cast<uint32_t>(z * sizeof(T))}};
 }
 
-__device__ inline EdgeRing carve_edge_ring(unsigned char* smem, int depth, uint32_t w_bytes, uint32_t x_bytes) {
+__host__ __device__ constexpr size_t align128(size_t bytes) { return (bytes + 127) / 128 * 128; }
+// Dynamic shared memory of a ring: its barriers, then `depth` slots of the rows' bytes (each row 128-aligned).
+__host__ __device__ inline size_t ring_bytes(int depth, const RingRows& rows) {
+  size_t slot = 0;
+  for (uint32_t b : rows.bytes) slot += align128(b);
+  return align128(2 * depth * sizeof(uint64_t)) + depth * slot;
+}
+
+__device__ inline EdgeRing carve_edge_ring(unsigned char* smem, int depth, const RingRows& rows) {
   EdgeRing r;
   r.full = reinterpret_cast<uint64_t*>(smem);
   r.empty = r.full + depth;
   r.slots = smem + align128(2 * depth * sizeof(uint64_t));
   r.depth = depth;
-  r.w_bytes = w_bytes;
-  r.x_bytes = x_bytes;
-  r.slot_bytes = static_cast<uint32_t>(ring_slot_bytes(w_bytes, x_bytes));
+  uint32_t at = 0;
+  for (int i = 0; i < kRingRows; ++i) {
+    r.bytes[i] = rows.bytes[i];
+    r.offset[i] = at;
+    at += static_cast<uint32_t>(align128(rows.bytes[i]));
+  }
+  r.slot_bytes = at;
   return r;
 }
 
-// The PTX below is sm_90's; the launcher picks the ring only on such devices (older targets compile traps).
+// The PTX below is sm_90's; the launchers pick a ring only on such devices (older targets compile traps).
 #if __CUDA_ARCH__ >= 900
 __device__ __forceinline__ uint32_t smem_address(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
@@ -1239,7 +1259,7 @@ __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
 }
 // `bytes` (a multiple of 16; both addresses 16-byte aligned) from global to shared memory, completing
 // `bytes` of the barrier's transaction count; `policy` an L2 cache policy (createpolicy).
-__device__ __forceinline__ void bulk_copy_to_shared(void* dst, const void* src, uint32_t bytes, uint64_t* bar,
+__device__ __forceinline__ void bulk_copy_to_shared(const void* dst, const void* src, uint32_t bytes, uint64_t* bar,
                                                     uint64_t policy) {
 #if __CUDA_ARCH__ >= 900
   asm volatile(
@@ -1249,37 +1269,64 @@ __device__ __forceinline__ void bulk_copy_to_shared(void* dst, const void* src, 
       : "memory");
 #endif
 }
-__device__ __forceinline__ uint64_t l2_policy_evict_last() {
+// L2 policies: keep (node rows, gathered many times), stream (read once), or neither.
+enum class L2Policy { kKeep, kStream, kNormal };
+__device__ __forceinline__ uint64_t l2_policy(L2Policy which) {
   uint64_t policy = 0;
 #if __CUDA_ARCH__ >= 800
-  asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
-#endif
-  return policy;
-}
-__device__ __forceinline__ uint64_t l2_policy_evict_first() {
-  uint64_t policy = 0;
-#if __CUDA_ARCH__ >= 800
-  asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+  if (which == L2Policy::kKeep) asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
+  else if (which == L2Policy::kStream) asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+  else asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(policy));
 #endif
   return policy;
 }
 
-// Producer side (one lane): the rows of the chunk's `count` entries. A slot is free once the consumers
-// arrived on its `empty` barrier in the previous round (in round 0 the wait on parity 1 returns at once:
-// a fresh barrier counts the phase before its first as complete).
-template <typename T>
-__device__ void ring_produce(const EdgeRing& ring, const EdgeChunk& ch, int count, RingCursor* at, const T* x,
-                             int64_t dim_x, const T* w, int64_t num_w) {
-  const uint64_t stream = l2_policy_evict_first(), keep = l2_policy_evict_last();
-  for (int t = 0; t < count; ++t, at->advance(ring.depth)) {
+// Producer side (one lane): an item for each of entries 0 .. count-1 whose sources(t, src) is true, with
+// the rows src[i] != null (row i's bytes from src[i]). A slot is free once the consumers arrived on its
+// `empty` barrier in the previous round (in round 0 the wait on parity 1 returns at once: a fresh
+// barrier counts the phase before its first as complete).
+template <typename Sources>
+__device__ void ring_produce(const EdgeRing& ring, int count, RingCursor* at, const L2Policy (&policies)[kRingRows],
+                             Sources&& sources) {
+  uint64_t policy[kRingRows];
+  for (int i = 0; i < kRingRows; ++i) policy[i] = l2_policy(policies[i]);
+  for (int t = 0; t < count; ++t) {
+    const void* src[kRingRows] = {};
+    if (!sources(t, src)) continue;
     const int s = at->slot;
     mbar_wait(&ring.empty[s], at->phase ^ 1);
-    unsigned char* slot = ring.slots + size_t(s) * ring.slot_bytes;
-    mbar_arrive_expect_tx(&ring.full[s], ring.w_bytes + ring.x_bytes);
-    bulk_copy_to_shared(slot, w + int64_t(ch.edge[t]) * num_w, ring.w_bytes, &ring.full[s], stream);
-    bulk_copy_to_shared(slot + align128(ring.w_bytes), x + int64_t(ch.source[t]) * dim_x, ring.x_bytes,
-                        &ring.full[s], keep);
+    uint32_t bytes = 0;
+    for (int i = 0; i < kRingRows; ++i) bytes += src[i] ? ring.bytes[i] : 0;
+    mbar_arrive_expect_tx(&ring.full[s], bytes);
+    for (int i = 0; i < kRingRows; ++i)
+      if (src[i]) bulk_copy_to_shared(ring.row(s, i), src[i], ring.bytes[i], &ring.full[s], policy[i]);
+    at->advance(ring.depth);
   }
+}
+
+// The block's ring in dynamic shared memory, its barriers initialized (before the block's first sync).
+template <int CONSUMER_WARPS>
+__device__ EdgeRing start_edge_ring(unsigned char* smem, int depth, const RingRows& rows) {
+  EdgeRing ring = carve_edge_ring(smem, depth, rows);
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < depth; ++s) {
+      mbar_init(&ring.full[s], 1);                // the producer's arrive (with the bytes expected)
+      mbar_init(&ring.empty[s], CONSUMER_WARPS);  // one arrive per consumer warp
+    }
+    mbar_init_fence();
+  }
+  return ring;
+}
+
+// Consumer side, a whole warp: waits for the cursor's slot, lets read(slot) copy the lanes' values out,
+// then releases the slot and advances.
+template <typename Read>
+__device__ __forceinline__ void ring_consume(const EdgeRing& ring, RingCursor* at, Read&& read) {
+  mbar_wait(&ring.full[at->slot], at->phase);
+  read(at->slot);
+  __syncwarp();
+  if (threadIdx.x % 32 == 0) mbar_arrive(&ring.empty[at->slot]);  // the slot is read: the producer may refill it
+  at->advance(ring.depth);
 }
 
 // Slot z (conv / sh_conv forward), both modes: chunks staged as in tp_uvu_edge_kernel (stage_edge_chunk:
@@ -1310,6 +1357,12 @@ __global__ void __launch_bounds__(RING ? kRingThreads : kThreads, RING ? kRingMi
     tp_uvu_shaped_edge_kernel(TpCall c, int chunk, int ring_depth, const TpPath* __restrict__ paths_g,
                               const T* __restrict__ pw_g, const T* __restrict__ x, const T* __restrict__ y,
                               const T* __restrict__ w, T* __restrict__ out) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  if constexpr (RING) {  // launched on sm_90 and later only (edge_ring_depth): no code for older targets
+    __trap();
+    return;
+  }
+#endif
   using S = core::UvuShape<X, Y, O>;
   constexpr int kSize = kMaxEdgeChunk, kWarps = kThreads / 32, kHints = kKeepNodeRows | kStreamLoads;
   __shared__ T pw[S::kNumPaths];
@@ -1322,18 +1375,9 @@ __global__ void __launch_bounds__(RING ? kRingThreads : kThreads, RING ? kRingMi
   ch.y_rows = y_rows;
   const int32_t mul = static_cast<int32_t>(c.dim_x / S::kDimX);
   load_shape_path_weights<S::kNumPaths>(paths_g, pw_g, c.num_paths, mul, pw);
-  EdgeRing ring{};
-  if constexpr (RING) {
-    ring = carve_edge_ring(ring_smem, ring_depth, static_cast<uint32_t>(c.num_w * sizeof(T)),
-                           static_cast<uint32_t>(c.dim_x * sizeof(T)));
-    if (threadIdx.x == 0) {
-      for (int s = 0; s < ring_depth; ++s) {
-        mbar_init(&ring.full[s], 1);            // the producer's arrive (with the bytes expected)
-        mbar_init(&ring.empty[s], kWarps);      // one arrive per consumer warp
-      }
-      mbar_init_fence();
-    }
-  }
+  EdgeRing ring{};  // RING: rows w, x
+  if constexpr (RING)
+    ring = start_edge_ring<kWarps>(ring_smem, ring_depth, edge_ring_rows<T>(c.num_w, c.dim_x, 0));
   __syncthreads();
   RingCursor at;  // RING: this thread's place in the ring (the producer lane's and each consumer's)
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
@@ -1361,7 +1405,13 @@ __global__ void __launch_bounds__(RING ? kRingThreads : kThreads, RING ? kRingMi
       const int num_runs = *ch.num_runs;
       if constexpr (RING) {
         if (warp == kWarps) {  // the producer
-          if (lane == 0) ring_produce(ring, ch, valid, &at, x, c.dim_x, w, c.num_w);
+          if (lane == 0)
+            ring_produce(ring, valid, &at, {L2Policy::kStream, L2Policy::kKeep, L2Policy::kNormal},
+                         [&](int t, const void** src) {
+                           src[0] = w + int64_t(ch.edge[t]) * c.num_w;
+                           src[1] = x + int64_t(ch.source[t]) * c.dim_x;
+                           return true;
+                         });
           __syncwarp();
         } else {  // a consumer: channels warp * 32 + lane (the launcher checked mul <= kThreads)
           const int32_t u0 = warp * 32, u = u0 + lane;
@@ -1369,18 +1419,14 @@ __global__ void __launch_bounds__(RING ? kRingThreads : kThreads, RING ? kRingMi
           for (int r = 0; r < num_runs; ++r) {
             T zu[S::kDimO];
             for (int k = 0; k < S::kDimO; ++k) zu[k] = T(0);
-            for (int t = ch.runs[r]; t < ch.runs[r + 1]; ++t, at.advance(ring_depth)) {
-              const int s = at.slot;
-              mbar_wait(&ring.full[s], at.phase);
-              const unsigned char* slot = ring.slots + size_t(s) * ring.slot_bytes;
-              const T* w_row = reinterpret_cast<const T*>(slot);
-              const T* x_row = reinterpret_cast<const T*>(slot + align128(ring.w_bytes));
+            for (int t = ch.runs[r]; t < ch.runs[r + 1]; ++t) {
               T xu[S::kDimX], scale[S::kNumPaths];
-              for (int n = 0; n < S::kNumPaths; ++n) scale[n] = active ? pw[n] * w_row[n * mul + u] : T(0);
-              for (int k = 0; k < S::kDimX; ++k) xu[k] = T(0);
-              if (active) core::shape_gather<X>(x_row, mul, u, xu);
-              __syncwarp();
-              if (lane == 0) mbar_arrive(&ring.empty[s]);  // the slot is read: the producer may refill it
+              ring_consume(ring, &at, [&](int s) {
+                const T* w_row = reinterpret_cast<const T*>(ring.row(s, 0));
+                for (int n = 0; n < S::kNumPaths; ++n) scale[n] = active ? pw[n] * w_row[n * mul + u] : T(0);
+                for (int k = 0; k < S::kDimX; ++k) xu[k] = T(0);
+                if (active) core::shape_gather<X>(reinterpret_cast<const T*>(ring.row(s, 1)), mul, u, xu);
+              });
               core::uvu_shape_channel_add<X, Y, O>(xu, y_rows + t * S::kDimY, scale, zu);
             }
             if (u0 < mul)
@@ -1445,13 +1491,27 @@ __host__ __device__ inline int64_t edge_grads_tail_units(const TpCall& c, int gr
 // x is loaded once per run of one sender. Each edge's dy partials are summed over a warp's channels
 // (warp_sum_pairs) into shared memory and over the warps once per chunk. dy and dw are written once per
 // edge, in a fixed order (deterministic in both modes).
-template <uint32_t X, uint32_t Y, uint32_t O, int GRADS, typename T, bool SH, bool DET>
-__global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
-    tp_uvu_shaped_edge_grads_kernel(TpCall c, int chunk, const TpPath* __restrict__ paths_g,
+//
+// RING (as the forward's; sm_90, fp32, at most kThreads channels): the weight row (masks with dx or dy),
+// the receiver's cotangent row and the sender's x row (masks with dy or dw; copied when the sender
+// changes) come through an EdgeRing filled by a producer warp, the block's fifth. At most 96 registers
+// (4 blocks of 160 threads per SM; the whole backward needed 128 with its register prefetch, which the
+// ring replaces). H100, MACE-medium N = 5k, E = 150k, session 22, one build, kernel ms, lanes' loads ->
+// ring (two rounds agreed to 0.002): dx 0.293 -> 0.280, dw 0.280 -> 0.260, dy+dw 0.542 -> 0.474, the
+// whole backward 0.629 -> 0.605 (MACE-large conv, E = 100k: 1.678 -> 1.483, det 1.609 -> 1.419).
+template <uint32_t X, uint32_t Y, uint32_t O, int GRADS, typename T, bool SH, bool DET, bool RING>
+__global__ void __launch_bounds__(RING ? kRingThreads : kThreads, kShapedGradsMinBlocks<T>)
+    tp_uvu_shaped_edge_grads_kernel(TpCall c, int chunk, int ring_depth, const TpPath* __restrict__ paths_g,
                                     const T* __restrict__ pw_g,
                                     const T* __restrict__ x, const T* __restrict__ y, const T* __restrict__ w,
                                     const T* __restrict__ dz, T* __restrict__ dx, T* __restrict__ dy,
                                     T* __restrict__ dw) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  if constexpr (RING) {  // launched on sm_90 and later only (edge_ring_depth): no code for older targets
+    __trap();
+    return;
+  }
+#endif
   using S = core::UvuShape<X, Y, O>;
   static_assert(S::kDimY <= kGradsMaxDimY, "y of degrees above 3");
   constexpr bool kDx = GRADS & core::kGradX, kDy = GRADS & core::kGradY, kDw = GRADS & core::kGradW;
@@ -1462,7 +1522,8 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
   // The whole backward (all three gradients) loads the next edge's weights and cotangent row while this
   // edge's products run (H100, MACE-medium, session 17: 0.686 -> 0.651 ms). The smaller masks were
   // slower with it (dy+dw 0.568 -> 0.612 ms: more registers, one block less per SM).
-  constexpr bool PF = GRADS == (core::kGradX | core::kGradY | core::kGradW);
+  constexpr bool PF = !RING && GRADS == (core::kGradX | core::kGradY | core::kGradW);
+  constexpr bool kReadW = core::grads_read_w(GRADS);
   static_assert(kReadY || !SH, "edge vectors are read only by masks that read y");
   // (DET a template argument: the atomic mode's dx pass lost 3-7% to the runtime flag, H100, session 18.)
   static_assert(kDx || !DET, "the deterministic units serve dx");
@@ -1471,9 +1532,16 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
   __shared__ int32_t edge[kSize], src_x[kSize], src_z[kSize];  // src_x < 0: the edge is dropped
   __shared__ T y_rows[kReadY ? kSize : 1][S::kDimY];
   __shared__ T dy_warps[kDy ? kSize : 1][kWarps][S::kDimY];
+  extern __shared__ __align__(128) unsigned char ring_smem[];
   const int32_t mul = static_cast<int32_t>(c.dim_x / S::kDimX);
   load_shape_path_weights<S::kNumPaths>(paths_g, pw_g, c.num_paths, mul, pw);
   const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
+  EdgeRing ring{};  // RING: rows w, x, z (those the mask reads)
+  if constexpr (RING)
+    ring = start_edge_ring<kWarps>(ring_smem, ring_depth,
+                                   edge_ring_rows<T>(kReadW ? c.num_w : 0, kReadX ? c.dim_x : 0, c.dim_z));
+  RingCursor at;
+  const bool consumer = !RING || warp < kWarps;
   const int64_t pieces = DET ? node_piece_units(c) : 0;
   const int64_t units = DET ? pieces + edge_grads_tail_units(c, GRADS) : (c.rows + chunk - 1) / chunk;
   for (int64_t unit = blockIdx.x; unit < units; unit += gridDim.x) {
@@ -1505,7 +1573,22 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
         }
       }
       __syncthreads();
-      for (int32_t u0 = 0; u0 < mul; u0 += blockDim.x) {  // block-uniform: thread u0 + threadIdx.x's channel
+      if constexpr (RING) {
+        if (warp == kWarps && lane == 0) {  // the producer: an item per valid entry
+          int32_t prev_rx = -1;             // (the x row only when the sender changes, as xu below)
+          ring_produce(ring, count, &at, {kDw ? L2Policy::kNormal : L2Policy::kStream, L2Policy::kKeep, L2Policy::kKeep},
+                       [&](int t, const void** src) {
+                         const int32_t rx = src_x[t];
+                         if (rx < 0) return false;
+                         if (kReadW) src[0] = w + int64_t(edge[t]) * c.num_w;
+                         if (kReadX && rx != prev_rx) src[1] = x + int64_t(rx) * c.dim_x;
+                         src[2] = dz + int64_t(src_z[t]) * c.dim_z;
+                         prev_rx = rx;
+                         return true;
+                       });
+        }
+      }
+      for (int32_t u0 = 0; consumer && u0 < mul; u0 += kThreads) {  // block-uniform: thread u0 + threadIdx.x's channel
         const int32_t u = u0 + threadIdx.x;
         const bool active = u < mul;
         T xu[S::kDimX], acc[kDx ? S::kDimX : 1];
@@ -1524,12 +1607,26 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
         for (int t = 0; t < count; ++t) {
           const int64_t e = edge[t];
           const int32_t rx = src_x[t];
-          T w_cur[PF ? S::kNumPaths : 1], dz_cur[PF ? S::kDimO : 1];
+          T w_cur[PF || RING ? S::kNumPaths : 1], dz_cur[PF || RING ? S::kDimO : 1];
           if constexpr (PF) {
             for (int n = 0; n < S::kNumPaths; ++n) w_cur[n] = w_next[n];
             for (int k = 0; k < S::kDimO; ++k) dz_cur[k] = dz_next[k];
             prefetch(t + 1);
           }
+          if constexpr (RING)
+            if (rx >= 0)
+              ring_consume(ring, &at, [&](int s) {
+                if (!active) return;
+                if constexpr (kReadW) {
+                  const T* w_row = reinterpret_cast<const T*>(ring.row(s, 0));
+                  for (int n = 0; n < S::kNumPaths; ++n) w_cur[n] = w_row[n * mul + u];
+                }
+                if (kReadX && rx != x_row) {
+                  core::shape_gather<X>(reinterpret_cast<const T*>(ring.row(s, 1)), mul, u, xu);
+                  x_row = rx;
+                }
+                core::shape_gather<O>(reinterpret_cast<const T*>(ring.row(s, 2)), mul, u, dz_cur);
+              });
           T dyv[kGradsMaxDimY];
           for (int j = 0; j < kGradsMaxDimY; ++j) dyv[j] = T(0);
           if (rx >= 0 && active) {
@@ -1538,12 +1635,12 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
             const T* wr = w + e * c.num_w;
             T* dwr = dw + e * c.num_w;
             T dzu[S::kDimO], dxu[S::kDimX];
-            if constexpr (kReadX)
+            if constexpr (kReadX && !RING)
               if (rx != x_row) {
                 gather_node<kHints, X>(x + int64_t(rx) * c.dim_x, mul, u, xu);
                 x_row = rx;
               }
-            if constexpr (PF) {
+            if constexpr (PF || RING) {
               for (int k = 0; k < S::kDimO; ++k) dzu[k] = dz_cur[k];
             } else {
               gather_node<kHints, O>(dz + int64_t(src_z[t]) * c.dim_z, mul, u, dzu);
@@ -1551,7 +1648,7 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
             core::uvu_shape_channel_grads<X, Y, O, GRADS>(
                 xu, yv, dzu, pw,
                 [&](int n) {
-                  if constexpr (PF) return w_cur[n];
+                  if constexpr (PF || RING) return w_cur[n];
                   else return load_edge<kHints>(wr + int64_t(n) * mul + u);
                 },
                 dxu, dyv,
@@ -1565,7 +1662,7 @@ __global__ void __launch_bounds__(kThreads, kShapedGradsMinBlocks<T>)
               }
             }
           } else if (kDw && rx < 0 && u0 == 0 && e >= 0) {  // a dropped edge: zero gradients (dy: zero partials)
-            for (int64_t k = threadIdx.x; k < c.num_w; k += blockDim.x) dw[e * c.num_w + k] = T(0);
+            for (int64_t k = threadIdx.x; k < c.num_w; k += kThreads) dw[e * c.num_w + k] = T(0);
           }
           if constexpr (kDy) {  // summed over the channel rounds by the same thread
             const T sum = warp_sum_pairs(dyv);
@@ -1767,16 +1864,26 @@ int device_attribute(int fallback) {
 
 int multiprocessors() { return device_attribute<cudaDevAttrMultiProcessorCount>(132); }
 
-// Blocks of `kernel` (kThreads each, static shared memory only) resident on the whole GPU; the per-SM
-// count is queried once into *cache.
+// Blocks of `kernel` resident on the whole GPU with `threads` per block and `smem` bytes of dynamic shared
+// memory; the per-SM count is queried once per (kernel, threads, smem) (launches are a hot path).
 template <typename Kernel>
-int64_t resident_blocks(Kernel kernel, std::atomic<int>* cache) {
-  int per_sm = cache->load(std::memory_order_relaxed);
-  if (per_sm == 0) {
-    if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kThreads, 0) != cudaSuccess || per_sm <= 0)
-      per_sm = 1;
-    cache->store(per_sm, std::memory_order_relaxed);
-  }
+int64_t resident_blocks(Kernel kernel, int threads, size_t smem) {
+  struct Entry {
+    const void* kernel;
+    int threads;
+    size_t smem;
+    int per_sm;
+  };
+  static std::mutex mutex;
+  static std::vector<Entry> cache;
+  const void* key = reinterpret_cast<const void*>(kernel);
+  std::lock_guard<std::mutex> lock(mutex);
+  for (const Entry& e : cache)
+    if (e.kernel == key && e.threads == threads && e.smem == smem) return int64_t(e.per_sm) * multiprocessors();
+  int per_sm = 0;
+  if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem) != cudaSuccess || per_sm <= 0)
+    per_sm = 1;
+  cache.push_back({key, threads, smem, per_sm});
   return int64_t(per_sm) * multiprocessors();
 }
 
@@ -1862,14 +1969,17 @@ bool launch_uvu_shaped_grads(cudaStream_t stream, const TpCall& cy, const TpPath
 // needs sm_90 (bulk copies), fp32 (fp64 rows would halve the blocks per SM), per-edge weights, one consumer
 // warp per 32 channels, and rows whose bytes (and start addresses) are multiples of 16.
 template <typename T>
-int edge_ring_depth(const TpCall& c, int32_t mul, const T* x, const T* w) {
+int edge_ring_depth(const TpCall& c, int32_t mul, const T* const (&rows)[kRingRows]) {
   constexpr int depth = kEdgeRingDepth;
-  const bool fits = sizeof(T) == 4 && !c.shared_w && mul <= kThreads && (c.num_w * sizeof(T)) % 16 == 0 &&
-                    (c.dim_x * sizeof(T)) % 16 == 0 && reinterpret_cast<uintptr_t>(x) % 16 == 0 &&
-                    reinterpret_cast<uintptr_t>(w) % 16 == 0 &&
-                    device_attribute<cudaDevAttrComputeCapabilityMajor>(0) >= 9 &&
-                    ring_bytes(depth, c.num_w * sizeof(T), c.dim_x * sizeof(T)) <= smem_optin_limit() / 2;
-  return depth > 0 && fits ? depth : 0;
+  const int64_t widths[kRingRows] = {c.num_w, c.dim_x, c.dim_z};
+  bool fits = sizeof(T) == 4 && !c.shared_w && mul <= kThreads &&
+              device_attribute<cudaDevAttrComputeCapabilityMajor>(0) >= 9;
+  RingRows bytes;
+  for (int i = 0; i < kRingRows; ++i) {
+    fits = fits && (!rows[i] || ((widths[i] * sizeof(T)) % 16 == 0 && reinterpret_cast<uintptr_t>(rows[i]) % 16 == 0));
+    bytes.bytes[i] = rows[i] ? static_cast<uint32_t>(widths[i] * sizeof(T)) : 0;
+  }
+  return fits && ring_bytes(depth, bytes) <= smem_optin_limit() / 2 ? depth : 0;
 }
 
 // Slot z of a graph call of a compiled shape (tp_uvu_shaped_edge_kernel), both modes; the caller zeroed
@@ -1884,7 +1994,7 @@ bool launch_uvu_shaped_edges(cudaStream_t stream, const TpCall& c, const TpPath*
     if (shaped_mul<S>(c) == 0) return false;
     if (c.sh_lmax >= 0 && core::sh_dim(c.sh_lmax) != c.dim_y) return false;
     const bool sh = c.sh_lmax >= 0;
-    const int depth = edge_ring_depth<T>(c, shaped_mul<S>(c), ops[0], ops[2]);
+    const int depth = edge_ring_depth<T>(c, shaped_mul<S>(c), {ops[2], ops[0], nullptr});
     const bool ring = depth > 0;
     auto kernel = sh ? tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, true, false>
                      : tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, false, false>;
@@ -1893,19 +2003,13 @@ bool launch_uvu_shaped_edges(cudaStream_t stream, const TpCall& c, const TpPath*
         kernel = sh ? tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, true, true>
                     : tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, false, true>;
     const int threads = ring ? kRingThreads : kThreads;
-    const size_t smem = ring ? ring_bytes(depth, c.num_w * sizeof(T), c.dim_x * sizeof(T)) : 0;
+    const size_t smem = ring ? ring_bytes(depth, edge_ring_rows<T>(c.num_w, c.dim_x, 0)) : 0;
     if (smem > 48 * 1024) {
       *err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
       if (*err != cudaSuccess) return true;
     }
     const bool det = c.segmented();
-    int chunk = kMaxEdgeChunk;
-    if (!det) {
-      int per_sm = 0;  // (the ring's depth may change between calls: not cached)
-      if (cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, threads, smem) != cudaSuccess || per_sm <= 0)
-        per_sm = 1;
-      chunk = balanced_chunk(c.rows, int64_t(per_sm) * multiprocessors());
-    }
+    const int chunk = det ? kMaxEdgeChunk : balanced_chunk(c.rows, resident_blocks(kernel, threads, smem));
     const int64_t units = det ? node_piece_units(c) : (c.rows + chunk - 1) / chunk;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(units, int64_t(1) << 20));
     *err = cudaSuccess;
@@ -1920,29 +2024,36 @@ bool launch_uvu_shaped_edges(cudaStream_t stream, const TpCall& c, const TpPath*
 // with and without dx, and each gradient alone: the sets tensor_product.py's _fused_grads asks for; SH only
 // where the mask reads y; DET only where it has dx); null for any other mask.
 template <typename S, typename T>
-using EdgeGradsKernel = void (*)(TpCall, int, const TpPath*, const T*, const T*, const T*, const T*, const T*, T*, T*,
-                                 T*);
-template <typename S, typename T, int GRADS, bool DET>
+using EdgeGradsKernel = void (*)(TpCall, int, int, const TpPath*, const T*, const T*, const T*, const T*, const T*, T*,
+                                 T*, T*);
+template <typename S, typename T, int GRADS, bool DET, bool RING>
 EdgeGradsKernel<S, T> edge_grads_kernel_of(bool sh) {
   if constexpr (core::grads_read_y(GRADS))
-    if (sh) return tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, GRADS, T, true, DET>;
-  return tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, GRADS, T, false, DET>;  // (y unread: how it is given is moot)
+    if (sh) return tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, GRADS, T, true, DET, RING>;
+  // (y unread: how it is given is moot)
+  return tp_uvu_shaped_edge_grads_kernel<S::X, S::Y, S::O, GRADS, T, false, DET, RING>;
 }
-template <typename S, typename T, int GRADS>
+template <typename S, typename T, int GRADS, bool RING>
 EdgeGradsKernel<S, T> edge_grads_kernel_for(bool sh, bool det) {
   if constexpr ((GRADS & core::kGradX) != 0)
-    if (det) return edge_grads_kernel_of<S, T, GRADS, true>(sh);
-  return edge_grads_kernel_of<S, T, GRADS, false>(sh);
+    if (det) return edge_grads_kernel_of<S, T, GRADS, true, RING>(sh);
+  return edge_grads_kernel_of<S, T, GRADS, false, RING>(sh);
+}
+template <typename S, typename T, int GRADS>
+EdgeGradsKernel<S, T> edge_grads_kernel_ring(bool sh, bool det, bool ring) {
+  if constexpr (sizeof(T) == 4)  // (edge_ring_depth is 0 otherwise: no ring instantiations)
+    if (ring) return edge_grads_kernel_for<S, T, GRADS, true>(sh, det);
+  return edge_grads_kernel_for<S, T, GRADS, false>(sh, det);
 }
 template <typename S, typename T>
-EdgeGradsKernel<S, T> edge_grads_kernel(int grads, bool sh, bool det) {
+EdgeGradsKernel<S, T> edge_grads_kernel(int grads, bool sh, bool det, bool ring) {
   using core::kGradX, core::kGradY, core::kGradW;
   switch (grads) {
-    case kGradX | kGradY | kGradW: return edge_grads_kernel_for<S, T, kGradX | kGradY | kGradW>(sh, det);
-    case kGradY | kGradW: return edge_grads_kernel_for<S, T, kGradY | kGradW>(sh, det);
-    case kGradX: return edge_grads_kernel_for<S, T, kGradX>(sh, det);
-    case kGradY: return edge_grads_kernel_for<S, T, kGradY>(sh, det);
-    case kGradW: return edge_grads_kernel_for<S, T, kGradW>(sh, det);
+    case kGradX | kGradY | kGradW: return edge_grads_kernel_ring<S, T, kGradX | kGradY | kGradW>(sh, det, ring);
+    case kGradY | kGradW: return edge_grads_kernel_ring<S, T, kGradY | kGradW>(sh, det, ring);
+    case kGradX: return edge_grads_kernel_ring<S, T, kGradX>(sh, det, ring);
+    case kGradY: return edge_grads_kernel_ring<S, T, kGradY>(sh, det, ring);
+    case kGradW: return edge_grads_kernel_ring<S, T, kGradW>(sh, det, ring);
     default: return nullptr;
   }
 }
@@ -1963,8 +2074,17 @@ bool launch_uvu_shaped_edge_grads(cudaStream_t stream, const TpCall& c, const Tp
     if (shaped_mul<S>(c) == 0) return false;
     const bool sh = c.sh_lmax >= 0;
     if (sh && core::sh_dim(c.sh_lmax) != c.dim_y) return false;
-    const EdgeGradsKernel<S, T> kernel = edge_grads_kernel<S, T>(grads, sh, det);
+    const bool read_w = dx || dy, read_x = dy || dw;  // (core::grads_read_w / grads_read_x)
+    const int depth = edge_ring_depth<T>(c, shaped_mul<S>(c), {read_w ? w : nullptr, read_x ? x : nullptr, z});
+    const EdgeGradsKernel<S, T> kernel = edge_grads_kernel<S, T>(grads, sh, det, depth > 0);
     if (kernel == nullptr) return false;
+    const int threads = depth > 0 ? kRingThreads : kThreads;
+    const size_t smem =
+        depth > 0 ? ring_bytes(depth, edge_ring_rows<T>(read_w ? c.num_w : 0, read_x ? c.dim_x : 0, c.dim_z)) : 0;
+    if (smem > 48 * 1024) {
+      *err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+      if (*err != cudaSuccess) return true;
+    }
     // Atomic adds need a zeroed dx; the deterministic units store every sender's row (none without edges).
     *err = dx && (!det || c.rows == 0) ? cudaMemsetAsync(dx, 0, c.nodes * c.dim_x * sizeof(T), stream) : cudaSuccess;
     if (*err != cudaSuccess || c.rows == 0) return true;
@@ -1972,12 +2092,11 @@ bool launch_uvu_shaped_edge_grads(cudaStream_t stream, const TpCall& c, const Tp
     call.seg_pieces = det ? dx_lists.seg_pieces : nullptr;
     call.seg_scratch = det ? dx_lists.seg_scratch : nullptr;
     call.seg_scratch_rows = det && dx_lists.seg_pieces ? dx_lists.seg_scratch_rows : 0;
-    static std::atomic<int> resident[8][2];  // blocks per SM of each kernel, queried once
-    const int chunk = det ? kMaxEdgeChunk : balanced_chunk(c.rows, resident_blocks(kernel, &resident[grads][sh]));
+    const int chunk = det ? kMaxEdgeChunk : balanced_chunk(c.rows, resident_blocks(kernel, threads, smem));
     const int64_t units =
         det ? node_piece_units(call) + edge_grads_tail_units(call, grads) : (c.rows + chunk - 1) / chunk;
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(units, int64_t(1) << 20));
-    kernel<<<blocks, kThreads, 0, stream>>>(call, chunk, paths, pw, x, y, w, z, dx, dy, dw);
+    kernel<<<blocks, threads, smem, stream>>>(call, chunk, depth, paths, pw, x, y, w, z, dx, dy, dw);
     *err = cudaGetLastError();
     if (*err == cudaSuccess && det && call.seg_scratch_rows > 0) {  // split lists: the later pieces' rows
       TpCall pieces = call;
@@ -2006,8 +2125,7 @@ bool launch_uvu_shaped_edge_grads2(cudaStream_t stream, const TpCall& c, const T
     if (c_x) *err = cudaMemsetAsync(c_x, 0, c.nodes * c.dim_x * sizeof(T), stream);
     if (*err == cudaSuccess && c_z) *err = cudaMemsetAsync(c_z, 0, c.nodes * c.dim_z * sizeof(T), stream);
     if (*err != cudaSuccess || c.rows == 0) return true;
-    static std::atomic<int> resident[2];  // blocks per SM of each kernel, queried once
-    const int chunk = balanced_chunk(c.rows, resident_blocks(kernel, &resident[sh]));
+    const int chunk = balanced_chunk(c.rows, resident_blocks(kernel, kThreads, 0));
     const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((c.rows + chunk - 1) / chunk, int64_t(1) << 20));
     kernel<<<blocks, kThreads, 0, stream>>>(c, chunk, paths, pw, x, y, w, z, c_dy, c_dw, c_x, c_w, c_z);
     *err = cudaGetLastError();
