@@ -1160,8 +1160,8 @@ inline int balanced_chunk(int64_t rows, int64_t resident_blocks) {
 // one lane) copies the rows of each of the next `depth` edges into a ring of shared-memory slots with
 // bulk copies (cp.async.bulk: one instruction per row, no registers held), signalling a `full` mbarrier
 // per slot with the bytes landed; the consumer warps (one per 32 channels) wait on it, read their
-// channels' values into registers, and arrive on the slot's `empty` barrier, which the producer waits on
-// before reusing it. Both sides walk the same items in the same order with a RingCursor: slot s, and the
+// channels' values into registers, and each of their threads arrives on the slot's `empty` barrier,
+// which the producer waits on before reusing it. Both sides walk the same items in the same order with a RingCursor: slot s, and the
 // parity of the round (phase) in which the ring is. A slot holds up to kRingRows rows (bytes[i] == 0: row
 // i absent from every item); an item may leave a row out (the x row of a run's later edges).
 constexpr int kRingRows = 3;
@@ -1311,21 +1311,22 @@ __device__ EdgeRing start_edge_ring(unsigned char* smem, int depth, const RingRo
   if (threadIdx.x == 0) {
     for (int s = 0; s < depth; ++s) {
       mbar_init(&ring.full[s], 1);                // the producer's arrive (with the bytes expected)
-      mbar_init(&ring.empty[s], CONSUMER_WARPS);  // one arrive per consumer warp
+      mbar_init(&ring.empty[s], CONSUMER_WARPS * 32);  // one arrive per consumer thread
     }
     mbar_init_fence();
   }
   return ring;
 }
 
-// Consumer side, a whole warp: waits for the cursor's slot, lets read(slot) copy the lanes' values out,
-// then releases the slot and advances.
+// Consumer side, every lane of a consumer warp: waits for the cursor's slot, lets read(slot) copy the
+// lane's values out, then releases the slot (each lane arrives: an arrive releases the arriving thread's
+// own reads; one elected lane after __syncwarp() was reported as a race by compute-sanitizer's racecheck
+// between the consumers' reads and the next round's bulk copy) and advances.
 template <typename Read>
 __device__ __forceinline__ void ring_consume(const EdgeRing& ring, RingCursor* at, Read&& read) {
   mbar_wait(&ring.full[at->slot], at->phase);
   read(at->slot);
-  __syncwarp();
-  if (threadIdx.x % 32 == 0) mbar_arrive(&ring.empty[at->slot]);  // the slot is read: the producer may refill it
+  mbar_arrive(&ring.empty[at->slot]);  // the slot is read: the producer may refill it
   at->advance(ring.depth);
 }
 
