@@ -1161,9 +1161,10 @@ inline int balanced_chunk(int64_t rows, int64_t resident_blocks) {
 // bulk copies (cp.async.bulk: one instruction per row, no registers held), signalling a `full` mbarrier
 // per slot with the bytes landed; the consumer warps (one per 32 channels) wait on it, read their
 // channels' values into registers, and each of their threads arrives on the slot's `empty` barrier,
-// which the producer waits on before reusing it. Both sides walk the same items in the same order with a RingCursor: slot s, and the
-// parity of the round (phase) in which the ring is. A slot holds up to kRingRows rows (bytes[i] == 0: row
-// i absent from every item); an item may leave a row out (the x row of a run's later edges).
+// which the producer waits on before reusing it. Both sides walk the same items in the same order with
+// a RingCursor: slot s, and the parity of the round (phase) in which the ring is. A slot holds up to
+// kRingRows rows (bytes[i] == 0: row i absent from every item); an item may leave a row out (the x row
+// of a run's later edges).
 constexpr int kRingRows = 3;
 
 struct EdgeRing {
@@ -1310,7 +1311,7 @@ __device__ EdgeRing start_edge_ring(unsigned char* smem, int depth, const RingRo
   EdgeRing ring = carve_edge_ring(smem, depth, rows);
   if (threadIdx.x == 0) {
     for (int s = 0; s < depth; ++s) {
-      mbar_init(&ring.full[s], 1);                // the producer's arrive (with the bytes expected)
+      mbar_init(&ring.full[s], 1);                     // the producer's arrive (with the bytes expected)
       mbar_init(&ring.empty[s], CONSUMER_WARPS * 32);  // one arrive per consumer thread
     }
     mbar_init_fence();
