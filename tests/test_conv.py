@@ -5,7 +5,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import TOL, assert_close
+from conftest import TOL, assert_close, has_gpu
 from jax.test_util import check_grads
 
 import jaxbatmobile as jb
@@ -112,22 +112,65 @@ def test_force_training_step(rng):
         assert_close(a, b, 1e-11)
 
 
-_SECOND_ORDER_CASES = [("6x0e+6x1o", varying, sorted_receivers, dtype) for varying in [(0, 1, 2), (0, 2), (1,), (2,)]
+@pytest.mark.skipif(not has_gpu(), reason="GPU kernels at the benchmark's scale (CPU: the small graphs above)")
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_sh_conv_at_benchmark_scale(deterministic):
+    """MACE-medium at the benchmark's size (N = 5,000, E = 150,000, fp32; random senders, sorted receivers):
+    the forward, the whole backward and the force-training step against e3nn-jax in fp64, each run three
+    times. Here every GPU block takes full 32-edge chunks and many blocks share each SM: a race of a
+    kernel's pipelining shows here that the small graphs miss (a second-order pass through a bulk-copy ring
+    gave 28 wrong rows in 4 of 10 force steps while every small test passed)."""
+    tp = jb.TensorProduct("128x0e+128x1o", SH3, "128x0e+128x1o+128x2e",
+                          jb.channelwise_instructions("128x0e+128x1o", SH3, "128x0e+128x1o+128x2e"))
+    n, e = 5000, 150_000
+    rng = np.random.default_rng(7)
+    s = jnp.asarray(rng.integers(0, n, e), jnp.int32)
+    r = jnp.asarray(np.sort(rng.integers(0, n, e)), jnp.int32)
+    f32 = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)  # noqa: E731
+    x, vec, w, dz, pos = f32(n, 512), f32(e, 3), f32(e, tp.weight_numel), f32(n, 1152), 3 * f32(n, 3)
+    sh = lambda v: reference.spherical_harmonics(v, 3, True, "component")  # noqa: E731
+    ours = lambda x, v, w: jb.sh_conv(tp, x, v, w, s, r, num_nodes=n, deterministic=deterministic)  # noqa: E731
+    ref = lambda x, v, w: reference.conv(tp, x, sh(v), w, s, r, n, False)  # noqa: E731
+
+    def force_step(conv_fn):
+        def loss(x, w, pos):
+            def energy(pos):
+                v = pos[r] - pos[s]
+                return jnp.sum(conv_fn(x, v, w * jnp.exp(-0.01 * jnp.sum(v**2, -1))[:, None])[:, :128] ** 2)
+            return jnp.sum(jax.grad(energy)(pos) ** 2)
+        return jax.jit(jax.grad(loss, argnums=(0, 1)))
+
+    bwd = lambda f: jax.jit(lambda x, v, w, g: jax.vjp(f, x, v, w)[1](g))  # noqa: E731
+    for fn, fn_ref, args in ((jax.jit(ours), jax.jit(ref), (x, vec, w)), (bwd(ours), bwd(ref), (x, vec, w, dz)),
+                             (force_step(ours), force_step(ref), (x, w, pos))):
+        want = jax.tree.leaves(fn_ref(*(jnp.asarray(a, jnp.float64) for a in args)))
+        for _ in range(3):
+            for got, expected in zip(jax.tree.leaves(fn(*args)), want):
+                assert got.dtype == jnp.float32
+                assert_close(got, expected, 1e-5)
+
+
+_SECOND_ORDER_CASES = [("6x0e+6x1o", varying, sorted_receivers, dtype, 70) for varying in [(0, 1, 2), (0, 2), (1,), (2,)]
                        for sorted_receivers in (False, True) for dtype in (np.float32, np.float64)] + [
-    (i1, (0, 1, 2), True, dtype) for i1 in ("5x0e+5x1o+5x2e", "130x0e+130x1o") for dtype in (np.float32, np.float64)]
+    (i1, (0, 1, 2), True, dtype, 70) for i1 in ("5x0e+5x1o+5x2e", "130x0e+130x1o") for dtype in (np.float32, np.float64)] + [
+    # fp32, rows of whole 16-byte units, many edges per GPU block
+    ("4x0e+4x1o", (0, 1, 2), False, np.float32, 2400), ("4x0e+4x1o", (0, 2), True, np.float32, 2400),
+    ("128x0e+128x1o", (0, 1, 2), True, np.float32, 2400)]
 
 
-@pytest.mark.parametrize("i1, varying, sorted_receivers, dtype", _SECOND_ORDER_CASES)
-def test_second_order_pass_of_the_fused_gradients(rng, i1, varying, sorted_receivers, dtype):
+@pytest.mark.parametrize("i1, varying, sorted_receivers, dtype, e", _SECOND_ORDER_CASES)
+def test_second_order_pass_of_the_fused_gradients(rng, i1, varying, sorted_receivers, dtype, e):
     """The transposed linearization of the fused y and weight gradients (dy, dw) = vjp(z) in (x, w, z),
     the force-training step's second-order calls, runs as one tp_grads2_p pass (one kernel on the GPU)
     and equals e3nn-jax's: the cotangents of x (summed over senders), w (per edge) and z (summed over
     receivers), for any subset of them varying; edges with an out-of-range index contribute nothing.
-    Both compiled shapes (MACE-medium's and MACE-large's node irreps), and more channels than a GPU block
-    has threads (130)."""
-    io = {"6x0e+6x1o": "6x0e+6x1o+6x2e", "5x0e+5x1o+5x2e": "5x0e+5x1o+5x2e+5x3o", "130x0e+130x1o": "130x0e+130x1o+130x2e"}[i1]
+    Both compiled shapes (MACE-medium's and MACE-large's node irreps), more channels than a GPU block has
+    threads (130), and fp32 graphs of 2400 edges (multiplicities 4 and 128: rows of whole 16-byte units,
+    tens of edges per GPU block)."""
+    io = {"6x0e+6x1o": "6x0e+6x1o+6x2e", "5x0e+5x1o+5x2e": "5x0e+5x1o+5x2e+5x3o", "130x0e+130x1o": "130x0e+130x1o+130x2e",
+          "4x0e+4x1o": "4x0e+4x1o+4x2e", "128x0e+128x1o": "128x0e+128x1o+128x2e"}[i1]
     tp = jb.TensorProduct(i1, SH3, io, jb.channelwise_instructions(i1, SH3, io))
-    n, e = 7, 70  # several GPU chunks; runs of one receiver longer than a chunk when sorted
+    n = 7 if e < 1000 else 40  # several GPU chunks; runs of one receiver longer than a chunk when sorted
     s, r = _graph(rng, n, e)
     if sorted_receivers:
         r = np.sort(r)

@@ -1045,6 +1045,18 @@ __global__ void __launch_bounds__(kThreads) tp_uvu_edge_y_kernel(TpCall c, int c
 // set that measured best.
 enum CacheHints : int { kKeepNodeRows = 1, kStreamLoads = 2, kStreamStores = 4 };
 
+// L2 policies: keep (node rows, gathered many times), stream (read once), or neither.
+enum class L2Policy { kKeep, kStream, kNormal };
+__device__ __forceinline__ uint64_t l2_policy(L2Policy which) {
+  uint64_t policy = 0;
+#if __CUDA_ARCH__ >= 800
+  if (which == L2Policy::kKeep) asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
+  else if (which == L2Policy::kStream) asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
+  else asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(policy));
+#endif
+  return policy;
+}
+
 // A per-edge array's element, read once.
 template <int HINTS, typename T>
 __device__ __forceinline__ T load_edge(const T* p) {
@@ -1062,8 +1074,7 @@ template <int HINTS, typename T>
 __device__ __forceinline__ T load_node(const T* p) {
 #if __CUDA_ARCH__ >= 800  // (createpolicy and L2::cache_hint: sm_80 and later)
   if constexpr ((HINTS & kKeepNodeRows) != 0) {
-    uint64_t policy;
-    asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
+    const uint64_t policy = l2_policy(L2Policy::kKeep);
     T v;
     if constexpr (sizeof(T) == 4) asm("ld.global.L2::cache_hint.f32 %0, [%1], %2;" : "=f"(v) : "l"(p), "l"(policy));
     else asm("ld.global.L2::cache_hint.f64 %0, [%1], %2;" : "=d"(v) : "l"(p), "l"(policy));
@@ -1269,17 +1280,6 @@ __device__ __forceinline__ void bulk_copy_to_shared(const void* dst, const void*
       "l"(src), "r"(bytes), "r"(smem_address(bar)), "l"(policy)
       : "memory");
 #endif
-}
-// L2 policies: keep (node rows, gathered many times), stream (read once), or neither.
-enum class L2Policy { kKeep, kStream, kNormal };
-__device__ __forceinline__ uint64_t l2_policy(L2Policy which) {
-  uint64_t policy = 0;
-#if __CUDA_ARCH__ >= 800
-  if (which == L2Policy::kKeep) asm("createpolicy.fractional.L2::evict_last.b64 %0, 1.0;" : "=l"(policy));
-  else if (which == L2Policy::kStream) asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(policy));
-  else asm("createpolicy.fractional.L2::evict_normal.b64 %0, 1.0;" : "=l"(policy));
-#endif
-  return policy;
 }
 
 // Producer side (one lane): an item for each of entries 0 .. count-1 whose sources(t, src) is true, with
@@ -1894,6 +1894,46 @@ size_t smem_optin_limit() {
   return static_cast<size_t>(device_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(48 * 1024));
 }
 
+// Lets `kernel` launch with `smem` bytes of dynamic shared memory. Past 48 KiB in all, its static shared
+// memory counted (the launchers checked only the dynamic bytes before: a ring of 44 KiB beside 5 KiB of
+// static arrays failed to launch), a kernel must opt in: once per (kernel, device), to the device's limit
+// (the launch's own bytes decide occupancy, not this bound), and before resident_blocks asks for the
+// kernel's occupancy at those bytes.
+template <typename Kernel>
+cudaError_t allow_dynamic_smem(Kernel kernel, size_t smem) {
+  if (smem == 0) return cudaSuccess;
+  struct Entry {
+    const void* kernel;
+    int device;
+    size_t static_bytes;
+    bool opted_in;
+  };
+  static std::mutex mutex;
+  static std::vector<Entry> cache;
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  const void* key = reinterpret_cast<const void*>(kernel);
+  std::lock_guard<std::mutex> lock(mutex);
+  Entry* entry = nullptr;
+  for (Entry& e : cache)
+    if (e.kernel == key && e.device == device) entry = &e;
+  if (entry == nullptr) {
+    cudaFuncAttributes attr;
+    err = cudaFuncGetAttributes(&attr, kernel);
+    if (err != cudaSuccess) return err;
+    cache.push_back({key, device, attr.sharedSizeBytes, false});
+    entry = &cache.back();
+  }
+  if (entry->opted_in || entry->static_bytes + smem <= 48 * 1024) return cudaSuccess;
+  const size_t limit = smem_optin_limit();
+  if (entry->static_bytes + smem > limit) return cudaErrorInvalidValue;
+  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             static_cast<int>(limit - entry->static_bytes));
+  entry->opted_in = err == cudaSuccess;
+  return err;
+}
+
 // Returns false when the problem's scratch does not fit in shared memory (the caller then runs tp_kernel).
 template <TpSlot SLOT, typename T>
 bool launch_uvu(cudaStream_t stream, const TpCall& c, const TpPath* paths, const T* pw, const T* const ops[4], T* out,
@@ -1905,10 +1945,8 @@ bool launch_uvu(cudaStream_t stream, const TpCall& c, const TpPath* paths, const
   const bool sh = kMaySh && c.sh_lmax >= 0;
   auto kernel = c.nodes >= 0 ? (sh ? tp_uvu_kernel<SLOT, T, true, kMaySh> : tp_uvu_kernel<SLOT, T, true, false>)
                              : (sh ? tp_uvu_kernel<SLOT, T, false, kMaySh> : tp_uvu_kernel<SLOT, T, false, false>);
-  if (smem > 48 * 1024) {
-    *err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-    if (*err != cudaSuccess) return true;
-  }
+  *err = allow_dynamic_smem(kernel, smem);
+  if (*err != cudaSuccess) return true;
   // Elements no path writes (and the cross-block sum of shared-weight gradients) start from zero.
   // So do scatter-sums over edges.
   if (c.reduces_rows() || c.scatters() || (c.zero_fill >> static_cast<int>(SLOT)) & 1) {
@@ -2006,10 +2044,8 @@ bool launch_uvu_shaped_edges(cudaStream_t stream, const TpCall& c, const TpPath*
                     : tp_uvu_shaped_edge_kernel<S::X, S::Y, S::O, T, false, true>;
     const int threads = ring ? kRingThreads : kThreads;
     const size_t smem = ring ? ring_bytes(depth, edge_ring_rows<T>(c.num_w, c.dim_x, 0)) : 0;
-    if (smem > 48 * 1024) {
-      *err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-      if (*err != cudaSuccess) return true;
-    }
+    *err = allow_dynamic_smem(kernel, smem);
+    if (*err != cudaSuccess) return true;
     const bool det = c.segmented();
     const int chunk = det ? kMaxEdgeChunk : balanced_chunk(c.rows, resident_blocks(kernel, threads, smem));
     const int64_t units = det ? node_piece_units(c) : (c.rows + chunk - 1) / chunk;
@@ -2083,10 +2119,8 @@ bool launch_uvu_shaped_edge_grads(cudaStream_t stream, const TpCall& c, const Tp
     const int threads = depth > 0 ? kRingThreads : kThreads;
     const size_t smem =
         depth > 0 ? ring_bytes(depth, edge_ring_rows<T>(read_w ? c.num_w : 0, read_x ? c.dim_x : 0, c.dim_z)) : 0;
-    if (smem > 48 * 1024) {
-      *err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
-      if (*err != cudaSuccess) return true;
-    }
+    *err = allow_dynamic_smem(kernel, smem);
+    if (*err != cudaSuccess) return true;
     // Atomic adds need a zeroed dx; the deterministic units store every sender's row (none without edges).
     *err = dx && (!det || c.rows == 0) ? cudaMemsetAsync(dx, 0, c.nodes * c.dim_x * sizeof(T), stream) : cudaSuccess;
     if (*err != cudaSuccess || c.rows == 0) return true;
@@ -2219,11 +2253,8 @@ cudaError_t launch_segmented(cudaStream_t stream, const TpCall& c, const TpPath*
   const size_t smem = segment_smem_bytes<T>(c, align16(c.num_paths * sizeof(TpPath)));
   if (smem > smem_optin_limit()) return cudaErrorInvalidConfiguration;  // tables of thousands of paths
   cudaError_t err;
-  if (smem > 48 * 1024) {
-    err = cudaFuncSetAttribute(tp_segment_kernel<SLOT, T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               static_cast<int>(smem));
-    if (err != cudaSuccess) return err;
-  }
+  err = allow_dynamic_smem(tp_segment_kernel<SLOT, T>, smem);
+  if (err != cudaSuccess) return err;
   const unsigned blocks = static_cast<unsigned>(std::min<int64_t>(c.nodes, int64_t(1) << 20));
   if (blocks == 0) return cudaSuccess;
   tp_segment_kernel<SLOT, T><<<blocks, kThreads, smem, stream>>>(c, paths, cg_ijk, cg_c, pw, ops[0], ops[1], ops[2],
