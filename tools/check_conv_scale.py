@@ -8,8 +8,8 @@ Per case: the largest |ours - reference| over the largest |reference|, for each 
 the fp32 roundings alone give ~1e-6 for the forward and the backward, ~1e-5 for the force step, whose
 loss differentiates twice). JBM_CHECK_ENVS="A=1,B=2" runs the atomic force step again with each of
 those environment variables set (for A/B switches a launcher reads per launch, during kernel work).
-JBM_CHECK_REPEATS=k runs each case k times (an
-intermittent race shows in some runs only), printing the worst run and where its largest error lies.
+JBM_CHECK_REPEATS=k runs each case k times (an intermittent race shows in some runs only), printing the
+worst run and where its largest error lies.
 """
 import os
 import sys
